@@ -1,0 +1,30 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test install schema clean
+
+demo: $(STAMP)
+	$(BIN)/build-dataset manifests/demo.yaml --out out/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+install: $(STAMP)
+
+# torch first, alone: the CPU wheel on disk; every other package is held to
+# constraints.txt so nothing can pull a CUDA torch or torchvision.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check "torch==2.13.0"
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+schema: $(STAMP)
+	$(BIN)/build-dataset schema --write
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,136 @@
+"""``build-dataset``: the command line.
+
+Main form::
+
+    build-dataset MANIFEST [--out DIR] [--dry-run [--json]] [--no-progress]
+
+Subcommands: ``validate MANIFEST``, ``schema [--check|--write]``.
+Bad input exits with code 2 and one message that names the file, the field
+and the fix; an interrupted build exits 130 and resumes on the next run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import UserError
+
+SUBCOMMANDS = ("validate", "schema")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="build-dataset",
+        description="Build a synthetic facial-expression dataset from a synthesis manifest. "
+        "Other commands: 'build-dataset validate MANIFEST', 'build-dataset schema'.",
+    )
+    p.add_argument("manifest", type=Path, help="synthesis manifest (YAML)")
+    p.add_argument("--out", type=Path, help="build folder (default: out/<manifest name>); rerun to resume")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (counts, shards, work) and load no model")
+    p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--version", action="version", version=f"build-dataset {__version__}")
+    return p
+
+
+def _validate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="build-dataset validate", description="Check a manifest and exit.")
+    p.add_argument("manifest", type=Path)
+    return p
+
+
+def _schema_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="build-dataset schema",
+                                description="Print the manifest JSON schema, or write/check manifests/schema.json.")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--write", action="store_true", help="write manifests/schema.json")
+    g.add_argument("--check", action="store_true", help="exit 1 if manifests/schema.json is stale")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in SUBCOMMANDS:
+            return {"validate": _cmd_validate, "schema": _cmd_schema}[argv[0]](argv[1:])
+        return _cmd_build(_build_parser().parse_args(argv))
+    except UserError as exc:
+        print(f"error: {exc.render()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished shards are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from .manifest_loader import load_manifest
+
+    manifest = load_manifest(args.manifest)
+    out = args.out or Path("out") / manifest.name
+    if args.dry_run:
+        from .plan import format_plan, make_plan, plan_json
+
+        plan = make_plan(manifest, out)
+        print(plan_json(plan) if args.json else format_plan(plan, manifest))
+        return 0
+    if args.json:
+        raise UserError("--json only applies to --dry-run", fix="add --dry-run, or drop --json")
+
+    _quiet_libraries(progress=not args.no_progress)
+    from .run import build
+
+    result = build(manifest, out, progress=not args.no_progress, log=_log)
+    stats = result.stats or {}
+    released = stats.get("released", {})
+    splits = ", ".join(f"{k} {v}" for k, v in released.get("splits", {}).items())
+    dropped = sum(sum(s.get("dropped", {}).values()) for s in stats.get("stages", {}).values())
+    if result.released:
+        _log(f"done: {released.get('total', 0)} images ({splits}); {dropped} dropped "
+             f"(see {out / 'rejected'}); dataset {out / 'hf'}, card {out / 'README.md'}")
+    return 0
+
+
+def _cmd_validate(argv: list[str]) -> int:
+    from .manifest_loader import load_manifest
+
+    args = _validate_parser().parse_args(argv)
+    manifest = load_manifest(args.manifest)
+    print(f"{args.manifest}: ok ({manifest.total} samples, {manifest.num_shards()} shards)")
+    return 0
+
+
+def _cmd_schema(argv: list[str]) -> int:
+    from .schema import SCHEMA_PATH, schema_text
+
+    args = _schema_parser().parse_args(argv)
+    text = schema_text()
+    if args.write:
+        SCHEMA_PATH.write_text(text)
+        print(f"wrote {SCHEMA_PATH}")
+    elif args.check:
+        if not SCHEMA_PATH.exists() or SCHEMA_PATH.read_text() != text:
+            print(f"{SCHEMA_PATH} is stale: run `build-dataset schema --write`", file=sys.stderr)
+            return 1
+        print(f"{SCHEMA_PATH} is current")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _quiet_libraries(progress: bool) -> None:
+    """Keep library chatter (not errors) off the console; the build prints its own progress."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    if not progress:
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Executors map shard ids to ``ShardTask`` calls; the local one runs them in this process.
+
+A distributed executor (Ray) needs only what is here: ``ShardTask`` pickles to
+(manifest, build folder), builds its stages once per worker process, and each
+call is idempotent (a finished (stage, shard) is skipped, a racing duplicate is
+discarded at commit).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from .expand import shard_bounds, shard_specs
+from .manifest import Manifest
+from .pipeline import shard_stages, stage_names
+from .shards import ShardStore, run_stage_on_shard
+from .stage import Stage
+
+
+class ShardTask:
+    """Run every unfinished stage of one shard."""
+
+    def __init__(self, manifest: Manifest, root: Path):
+        self.manifest = manifest
+        self.root = Path(root)
+        self.stage_names = stage_names(manifest)
+        self._stages: list[Stage] | None = None
+        self._ready: set[str] = set()
+
+    def __getstate__(self) -> dict:
+        return {"manifest": self.manifest, "root": self.root, "stage_names": self.stage_names}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _stages=None, _ready=set())
+
+    def stages(self) -> list[Stage]:
+        if self._stages is None:
+            self._stages = shard_stages(self.manifest)
+        return self._stages
+
+    def pending(self, shard: int) -> bool:
+        store = ShardStore(self.root)
+        return not all(store.is_done(name, shard) for name in self.stage_names)
+
+    def __call__(self, shard: int) -> int:
+        """Process ``shard``; return the number of records that came out of its last stage."""
+        store = ShardStore(self.root)
+        records = None
+        previous = None
+        for stage in self.stages():
+            if store.is_done(stage.name, shard):
+                records, previous = None, stage.name
+                continue
+            if records is None:
+                records = store.kept(previous, shard) if previous else shard_specs(self.manifest, shard)
+            if stage.name not in self._ready:
+                stage.setup()
+                self._ready.add(stage.name)
+            records = run_stage_on_shard(stage, store, shard, records)
+            previous = stage.name
+        return len(records) if records is not None else len(store.kept(previous, shard))
+
+
+class LocalExecutor:
+    """Runs shards one after another in this process, with a progress bar."""
+
+    name = "local"
+
+    def run(self, task: ShardTask, shards: Sequence[int], progress: bool = True) -> None:
+        from tqdm.auto import tqdm
+
+        total = sum(len(shard_bounds(task.manifest, s)) for s in shards)
+        with tqdm(total=total, unit="img", desc="shards", disable=not progress, dynamic_ncols=True) as bar:
+            for i, shard in enumerate(shards, 1):
+                task(shard)
+                bar.set_description(f"shard {i}/{len(shards)}")
+                bar.update(len(shard_bounds(task.manifest, shard)))
+

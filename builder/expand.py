@@ -1,0 +1,90 @@
+"""Expand a manifest into sample specs (``Record`` objects without images).
+
+Sample ``i`` depends only on (manifest, i): its class comes from a fixed
+interleaving of the per-class counts, and every random draw (template, axes,
+AU jitter, generator seed) from ``seeding`` keyed by (global seed, i). So the
+specs are the same whatever the shard size, worker count or processing order.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from .aus import AU_MAX, AU_MIN
+from .labels import expression_text
+from .manifest import Manifest
+from .records import Record
+from .seeding import SampleRng, derive_seed
+
+
+_ARTICLE = re.compile(r"\b([Aa]) (?=[aeiouAEIOU])")
+
+
+def class_sequence(manifest: Manifest) -> list[int]:
+    """Label index of every sample, classes interleaved in proportion to their counts.
+
+    Sample k of a class with n samples sits at position (k + 0.5) / n of the
+    run, so any prefix of the run (one shard, or a partial build) holds the
+    classes in about the requested proportions.
+    """
+    keyed = []
+    for label, count in enumerate(manifest.labels.per_class().values()):
+        keyed.extend(((k + 0.5) / count, label) for k in range(count))
+    keyed.sort()
+    return [label for _, label in keyed]
+
+
+def sample_id(manifest: Manifest, index: int) -> str:
+    return f"{manifest.name}-{index:07d}"
+
+
+def make_spec(manifest: Manifest, index: int, label: int) -> Record:
+    """The spec of sample ``index`` whose class is ``label``."""
+    names = manifest.labels.names
+    label_name = names[label]
+    prompts = manifest.prompts
+
+    rng = SampleRng(manifest.seed, index, "prompt")
+    template = rng.choice(prompts.templates)
+    attributes = {axis: rng.choice(spec.values, spec.weights) for axis, spec in prompts.axes.items()}
+    expression = prompts.expression_text.get(label_name) or expression_text(label_name)
+    prompt = " ".join(template.format(expression=expression, **attributes).split())
+    prompt = _ARTICLE.sub(r"\1n ", prompt)  # "a old man" -> "an old man"
+
+    au_rng = SampleRng(manifest.seed, index, "au")
+    targets = manifest.aus.intensity.get(label_name, {})
+    au = []
+    for name in manifest.aus.names:
+        value = targets.get(name, 0.0)
+        if name in targets and manifest.aus.jitter > 0:
+            value = min(AU_MAX, max(AU_MIN, value + au_rng.gauss(manifest.aus.jitter)))
+        au.append(round(value, 4))
+
+    return Record(
+        sample_id=sample_id(manifest, index),
+        index=index,
+        label=label,
+        label_name=label_name,
+        au=au,
+        attributes=attributes,
+        prompt=prompt,
+        negative_prompt=prompts.negative_prompt,
+        seed=derive_seed(manifest.seed, index, "generator"),
+    )
+
+
+def shard_bounds(manifest: Manifest, shard: int, shard_size: int | None = None) -> range:
+    size = shard_size or manifest.output.shard_size
+    return range(shard * size, min((shard + 1) * size, manifest.total))
+
+
+def iter_specs(manifest: Manifest, indices: range | None = None, classes: list[int] | None = None) -> Iterator[Record]:
+    """Specs for ``indices`` (default: the whole run)."""
+    classes = classes if classes is not None else class_sequence(manifest)
+    for index in indices if indices is not None else range(len(classes)):
+        yield make_spec(manifest, index, classes[index])
+
+
+def shard_specs(manifest: Manifest, shard: int, shard_size: int | None = None) -> list[Record]:
+    """Specs of one shard."""
+    return list(iter_specs(manifest, shard_bounds(manifest, shard, shard_size)))

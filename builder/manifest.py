@@ -1,0 +1,346 @@
+"""The synthesis manifest: what to make, validated with pydantic v2.
+
+Every field is described (the descriptions feed ``manifests/schema.json`` and
+the fixes in error messages); unknown keys are rejected. Cross-field rules
+raise ``PydanticCustomError`` with a ``fix`` in their context so the loader can
+say how to repair the manifest. Sections for pipeline stages appear here only
+when the stage exists.
+"""
+from __future__ import annotations
+
+import re
+import string
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from .aus import AU_MAX, AU_MIN, AU_SETS, DEFAULT_AU_SET
+from .labels import DEFAULT_LABEL_MAP, LABEL_MAPS
+
+BUILTIN_TINY_MODEL = "builtin:tiny-sd"
+# Record fields that prompt axes may not shadow as dataset columns.
+RESERVED_COLUMNS = frozenset(
+    {"image", "label", "au", "prompt", "negative_prompt", "seed", "sample_id", "expression",
+     "generator_model", "generator_revision", "generator_weights_sha256"}
+)
+_IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def _fail(kind: str, message: str, fix: str, **ctx: object) -> PydanticCustomError:
+    return PydanticCustomError(kind, message, {"fix": fix, **ctx})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class Axis(_Strict):
+    """One prompt axis: a list of values, optionally weighted."""
+
+    values: list[Annotated[str, Field(min_length=1)]] = Field(
+        min_length=1, description="Values this axis takes, e.g. ['young', 'middle-aged', 'old']."
+    )
+    weights: list[Annotated[float, Field(gt=0)]] | None = Field(
+        default=None,
+        description="Relative sampling weight of each value (same length as values; positive). "
+        "Omit for uniform sampling.",
+    )
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> Axis:
+        if self.weights is not None and len(self.weights) != len(self.values):
+            raise _fail(
+                "weights_length",
+                "has {n_w} weights for {n_v} values",
+                "give exactly one positive weight per value, or remove 'weights' for uniform sampling",
+                n_w=len(self.weights),
+                n_v=len(self.values),
+            )
+        return self
+
+
+class Prompts(_Strict):
+    """Prompt templates and the demographic / free axes that fill them."""
+
+    templates: list[Annotated[str, Field(min_length=1)]] = Field(
+        min_length=1,
+        description="Prompt templates in Python format syntax. '{expression}' is the class's "
+        "expression text; every other '{name}' must be an axis below. One template is picked "
+        "per sample, uniformly.",
+    )
+    negative_prompt: str = Field(default="", description="Negative prompt used for every sample.")
+    expression_text: dict[str, Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=dict,
+        description="Per-class override of the text that fills '{expression}' (class name -> text). "
+        "Classes not listed use the built-in adjective (e.g. anger -> 'angry').",
+    )
+    axes: dict[str, Axis] = Field(
+        default_factory=dict,
+        description="Prompt axes sampled independently per sample: demographic (age, gender, "
+        "ethnicity, pose) and free traits. Each name becomes a dataset column and a template "
+        "placeholder.",
+    )
+
+    @field_validator("axes")
+    @classmethod
+    def _axis_names(cls, axes: dict[str, Axis]) -> dict[str, Axis]:
+        for name in axes:
+            if not _IDENT.match(name) or name in RESERVED_COLUMNS:
+                raise _fail(
+                    "axis_name",
+                    "axis name '{name}' is not allowed",
+                    "use a lower-case identifier (letters, digits, '_') that is not one of: "
+                    + ", ".join(sorted(RESERVED_COLUMNS)),
+                    name=name,
+                )
+        return axes
+
+    @model_validator(mode="after")
+    def _placeholders_known(self) -> Prompts:
+        known = {"expression", *self.axes}
+        for i, template in enumerate(self.templates):
+            try:
+                fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+            except ValueError as exc:
+                raise _fail(
+                    "template_syntax",
+                    "template {i} is not valid format syntax ({err})",
+                    "balance the braces; write '{{' and '}}' for literal braces",
+                    i=i,
+                    err=str(exc),
+                ) from None
+            for f in fields:
+                if f not in known:
+                    raise _fail(
+                        "template_placeholder",
+                        "template {i} uses '{{{field}}}', which is neither 'expression' nor an axis",
+                        "add an axis named '{field}' under prompts.axes, or remove the placeholder",
+                        i=i,
+                        field=f,
+                    )
+        return self
+
+
+class Labels(_Strict):
+    """The label set and how many samples each class gets."""
+
+    label_map: Literal["affectnet7", "affectnet8", "rafdb", "fer2013"] = Field(
+        default=DEFAULT_LABEL_MAP,
+        description="Named class order of the dataset's 'label' column: affectnet7 (default), "
+        "affectnet8 (adds contempt), rafdb or fer2013.",
+    )
+    counts: Annotated[int, Field(ge=0)] | dict[str, Annotated[int, Field(ge=0)]] = Field(
+        description="Samples to generate: one integer for every class, or a mapping class name -> "
+        "count (classes not listed get 0)."
+    )
+
+    @model_validator(mode="after")
+    def _counts_known(self) -> Labels:
+        names = LABEL_MAPS[self.label_map]
+        if isinstance(self.counts, dict):
+            for name in self.counts:
+                if name not in names:
+                    raise _fail(
+                        "unknown_label",
+                        "'{name}' is not a class of label map {label_map}",
+                        "use one of: " + ", ".join(names),
+                        name=name,
+                        label_map=self.label_map,
+                    )
+        if sum(self.per_class().values()) == 0:
+            raise _fail("no_samples", "asks for 0 samples in total", "give at least one class a positive count")
+        return self
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return LABEL_MAPS[self.label_map]
+
+    def per_class(self) -> dict[str, int]:
+        """Count for every class of the label map, in label order."""
+        if isinstance(self.counts, int):
+            return {n: self.counts for n in self.names}
+        return {n: self.counts.get(n, 0) for n in self.names}
+
+
+class ActionUnits(_Strict):
+    """Per-class AU intensity targets (FACS 0-5) with jitter."""
+
+    au_set: Literal["disfa12", "disfa8", "bp4d12", "opengraphau41"] = Field(
+        default=DEFAULT_AU_SET,
+        description="Which AUs make up the 'au' vector, in this order: disfa12 (default: "
+        "1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26), disfa8, bp4d12 or opengraphau41.",
+    )
+    intensity: dict[str, dict[str, Annotated[float, Field(ge=AU_MIN, le=AU_MAX)]]] = Field(
+        default_factory=dict,
+        description="Class name -> {AU name: intensity 0-5}, e.g. happy: {AU6: 2.5, AU12: 4.0}. "
+        "AUs not listed are 0.",
+    )
+    jitter: float = Field(
+        default=0.5,
+        ge=0,
+        le=AU_MAX,
+        description="Standard deviation of Gaussian noise added per sample to every listed AU "
+        "(intensity units); results are clipped to 0-5. 0 disables jitter.",
+    )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return AU_SETS[self.au_set]
+
+    @model_validator(mode="after")
+    def _aus_known(self) -> ActionUnits:
+        for cls_name, table in self.intensity.items():
+            for au in table:
+                if au not in self.names:
+                    raise _fail(
+                        "unknown_au",
+                        "class '{cls}' sets '{au}', which is not in AU set {au_set}",
+                        "use AUs of {au_set} ({names}) or pick another aus.au_set",
+                        cls=cls_name,
+                        au=au,
+                        au_set=self.au_set,
+                        names=", ".join(self.names),
+                    )
+        return self
+
+
+class Generator(_Strict):
+    """The diffusion model and its sampling settings."""
+
+    model: str = Field(
+        min_length=1,
+        description="Hugging Face Hub id (e.g. 'stable-diffusion-v1-5/stable-diffusion-v1-5'), a "
+        "local diffusers folder, or 'builtin:tiny-sd' (a tiny random-weight pipeline the tool "
+        "builds itself, for demos and tests; its images are not faces).",
+    )
+    revision: str | None = Field(
+        default=None, description="Hub branch, tag or commit to load; ignored for local folders."
+    )
+    scheduler: Literal["default", "ddim", "dpm++", "euler", "euler_a", "pndm", "unipc"] = Field(
+        default="default", description="Noise scheduler; 'default' keeps the checkpoint's own."
+    )
+    steps: int = Field(default=25, gt=0, le=1000, description="Denoising steps per image.")
+    guidance_scale: float = Field(
+        default=7.5, ge=0, le=50, description="Classifier-free guidance scale; 1 or less disables CFG."
+    )
+    height: int = Field(default=512, ge=64, le=2048, multiple_of=8, description="Image height in pixels.")
+    width: int = Field(default=512, ge=64, le=2048, multiple_of=8, description="Image width in pixels.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        default="auto",
+        description="Weights and activations dtype. 'auto' is bfloat16 on GPUs that support it, "
+        "float16 on other GPUs and float32 on CPU. Half precision is refused on CPU.",
+    )
+    batch_size: int = Field(default=8, gt=0, le=1024, description="Images per denoising batch.")
+    device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",
+        description="'auto' (first GPU if any, else CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'. "
+        "Not part of the build's identity: a build may resume on another device.",
+    )
+
+
+class Integrity(_Strict):
+    """Drops images that cannot be read or are blank (e.g. black frames from fp16 overflow)."""
+
+    enabled: bool = Field(default=True, description="Run the image integrity check.")
+    min_std: float = Field(
+        default=2.0,
+        ge=0,
+        le=128,
+        description="Minimum standard deviation of pixel values (0-255 scale) across the image; "
+        "flatter images are dropped as 'blank_image'.",
+    )
+
+
+class Curation(_Strict):
+    """Curation stages; the pipeline fixes their order."""
+
+    integrity: Integrity = Field(default_factory=Integrity, description="Image integrity check.")
+
+
+class Output(_Strict):
+    """Dataset splits and how work is sharded."""
+
+    splits: dict[str, Annotated[float, Field(gt=0, le=1)]] = Field(
+        default_factory=lambda: {"train": 1.0},
+        description="Split name -> fraction of the kept samples; fractions sum to 1. Splits are "
+        "stratified by class.",
+    )
+    shard_size: int = Field(
+        default=256,
+        gt=0,
+        le=100_000,
+        description="Samples per shard: the unit of resumption and of distribution across workers. "
+        "Changing it does not change any sample.",
+    )
+
+    @field_validator("splits")
+    @classmethod
+    def _splits_sum(cls, splits: dict[str, float]) -> dict[str, float]:
+        for name in splits:
+            if not _IDENT.match(name):
+                raise _fail("split_name", "split name '{name}' is not allowed",
+                            "use a lower-case identifier such as train, validation or test", name=name)
+        if not splits:
+            raise _fail("no_splits", "has no split", "give at least one split, e.g. {train: 1.0}")
+        total = sum(splits.values())
+        if abs(total - 1.0) > 1e-6:
+            raise _fail(
+                "splits_sum",
+                "fractions sum to {total:g}, not 1",
+                "scale the fractions so they add up to 1, e.g. {{train: 0.8, validation: 0.1, test: 0.1}}",
+                total=total,
+            )
+        return splits
+
+
+class Manifest(_Strict):
+    """A synthesis manifest: one synthetic FER dataset build."""
+
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9._-]*$",
+        max_length=96,
+        description="Dataset name: lower-case letters, digits, '.', '_' and '-'. Prefixes sample ids.",
+    )
+    version: str = Field(
+        default="0.1.0", pattern=r"^\d+\.\d+\.\d+$", description="Dataset version, MAJOR.MINOR.PATCH."
+    )
+    description: str = Field(default="", description="Free text for the data card.")
+    seed: int = Field(ge=0, lt=2**63, description="Global seed; with the sample index it fixes every draw.")
+    labels: Labels = Field(description="Label map and per-class counts.")
+    prompts: Prompts = Field(description="Prompt templates and axes.")
+    aus: ActionUnits = Field(default_factory=ActionUnits, description="Action unit targets per class.")
+    generator: Generator = Field(description="Diffusion model and sampling settings.")
+    curation: Curation = Field(default_factory=Curation, description="Curation stage settings.")
+    output: Output = Field(default_factory=Output, description="Splits and sharding.")
+
+    @model_validator(mode="after")
+    def _class_keys_known(self) -> Manifest:
+        names = self.labels.names
+        for section, table in (("aus.intensity", self.aus.intensity), ("prompts.expression_text", self.prompts.expression_text)):
+            for cls_name in table:
+                if cls_name not in names:
+                    raise _fail(
+                        "unknown_label",
+                        "{section} names class '{name}', which is not in label map {label_map}",
+                        "use one of: " + ", ".join(names),
+                        section=section,
+                        name=cls_name,
+                        label_map=self.labels.label_map,
+                    )
+        return self
+
+    @property
+    def total(self) -> int:
+        return sum(self.labels.per_class().values())
+
+    def num_shards(self, shard_size: int | None = None) -> int:
+        size = shard_size or self.output.shard_size
+        return -(-self.total // size)
+
+    def identity(self) -> dict:
+        """The manifest fields that determine the dataset (everything but the device)."""
+        data = self.model_dump(mode="json")
+        data["generator"].pop("device", None)
+        return data

@@ -1,0 +1,24 @@
+"""Which stages a manifest runs, in the order the pipeline fixes."""
+from __future__ import annotations
+
+from .manifest import Manifest
+from .stage import Stage
+
+
+def shard_stages(manifest: Manifest) -> list[Stage]:
+    """Per-shard stages, in order. Construction is cheap; models load in ``setup``."""
+    from curation.integrity import IntegrityFilter
+
+    from .generate import GenerateStage
+
+    stages: list[Stage] = [GenerateStage(manifest.generator)]
+    if manifest.curation.integrity.enabled:
+        stages.append(IntegrityFilter(manifest.curation.integrity))
+    return stages
+
+
+def stage_names(manifest: Manifest) -> list[str]:
+    names = ["generate"]
+    if manifest.curation.integrity.enabled:
+        names.append("integrity")
+    return names

@@ -1,0 +1,104 @@
+"""The build plan shown by ``--dry-run``: counts, shards and estimated work, no model loaded.
+
+Imports nothing heavy (no torch), so a plan of 100,000 samples takes seconds.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from collections import Counter
+from pathlib import Path
+
+from .expand import class_sequence, iter_specs, shard_bounds
+from .manifest import BUILTIN_TINY_MODEL, Manifest
+from .pipeline import stage_names
+
+# SD 1.5 cost at 512x512 (torch FLOP counter, shared/docs/environment.md).
+SD15_UNET_TFLOP = 0.677
+SD15_DECODE_TFLOP = 2.48
+H100_BF16_TFLOPS = 790.0
+
+
+def make_plan(manifest: Manifest, out: Path | None = None) -> dict:
+    classes = class_sequence(manifest)
+    names = manifest.labels.names
+    per_class: Counter[str] = Counter()
+    per_axis: dict[str, Counter[str]] = {axis: Counter() for axis in manifest.prompts.axes}
+    cells: Counter[str] = Counter()
+    class_cells: Counter[str] = Counter()
+    for spec in iter_specs(manifest, classes=classes):
+        per_class[spec.label_name] += 1
+        for axis, value in spec.attributes.items():
+            per_axis[axis][value] += 1
+        cell = "|".join(f"{k}={v}" for k, v in spec.attributes.items())
+        cells[cell] += 1
+        class_cells[f"{spec.label_name}|{cell}"] += 1
+
+    gen = manifest.generator
+    shards = manifest.num_shards()
+    batches = sum(-(-len(shard_bounds(manifest, s)) // gen.batch_size) for s in range(shards))
+    forwards = manifest.total * gen.steps * (2 if gen.guidance_scale > 1 else 1)
+    scale = gen.height * gen.width / 512**2
+    tflop = forwards * SD15_UNET_TFLOP * scale + manifest.total * SD15_DECODE_TFLOP * scale
+    possible = 1
+    for axis in manifest.prompts.axes.values():
+        possible *= len(axis.values)
+
+    plan = {
+        "name": manifest.name,
+        "version": manifest.version,
+        "seed": manifest.seed,
+        "total": manifest.total,
+        "label_map": manifest.labels.label_map,
+        "classes": {n: per_class.get(n, 0) for n in names},
+        "axes": {axis: dict(sorted(c.items())) for axis, c in per_axis.items()},
+        "cells": {"possible": possible, "populated": len(cells), "counts": dict(sorted(cells.items())),
+                  "class_x_cell_populated": len(class_cells)},
+        "shards": {"count": shards, "size": manifest.output.shard_size},
+        "stages": stage_names(manifest),
+        "work": {"batches": batches, "unet_forwards": forwards, "vae_decodes": manifest.total,
+                 "sd15_equivalent_tflop": round(tflop, 1),
+                 "h100_seconds_at_50pct": round(tflop / (0.5 * H100_BF16_TFLOPS), 1)},
+        "splits": manifest.output.splits,
+    }
+    if out is not None and (out / "shards").is_dir():
+        from .shards import ShardStore
+
+        store = ShardStore(out)
+        plan["resume"] = {"out": str(out), "shards_done": sum(
+            all(store.is_done(st, s) for st in plan["stages"]) for s in range(shards))}
+    return plan
+
+
+def format_plan(plan: dict, manifest: Manifest) -> str:
+    gen = manifest.generator
+    lines = [f"plan for {plan['name']} {plan['version']} (seed {plan['seed']}): {plan['total']} samples, "
+             f"label map {plan['label_map']}", "", "class counts:"]
+    width = max(len(n) for n in plan["classes"])
+    lines += [f"  {n:<{width}}  {c:>8}" for n, c in plan["classes"].items()]
+    for axis, counts in plan["axes"].items():
+        total = sum(counts.values())
+        lines.append(f"axis {axis}: " + ", ".join(f"{v} {c} ({100 * c / total:.1f}%)" for v, c in counts.items()))
+    cells = plan["cells"]
+    if plan["axes"]:
+        sizes = list(cells["counts"].values())
+        lines.append(f"demographic cells: {cells['populated']} of {cells['possible']} populated; samples per cell "
+                     f"min {min(sizes)}, median {statistics.median(sizes):g}, max {max(sizes)}; "
+                     f"{cells['class_x_cell_populated']} class x cell combinations (--json lists every cell)")
+    work = plan["work"]
+    lines += ["", f"shards: {plan['shards']['count']} of up to {plan['shards']['size']} samples; "
+              f"stages per shard: {', '.join(plan['stages'])}, then release",
+              f"generator: {gen.model} at {gen.width}x{gen.height}, {gen.steps} steps, CFG {gen.guidance_scale:g}, "
+              f"batch {gen.batch_size}: {work['batches']} batches, {work['unet_forwards']} UNet forwards, "
+              f"{work['vae_decodes']} VAE decodes"]
+    if gen.model != BUILTIN_TINY_MODEL:
+        lines.append(f"estimated work if the model is SD 1.5-sized: {work['sd15_equivalent_tflop']} TFLOP, about "
+                     f"{work['h100_seconds_at_50pct']} s on one H100 at 50% of its bf16 peak")
+    lines.append("splits (before curation): " + ", ".join(f"{s} {f:g}" for s, f in plan["splits"].items()))
+    if "resume" in plan:
+        lines.append(f"{plan['resume']['out']}: {plan['resume']['shards_done']} of {plan['shards']['count']} shards done")
+    return "\n".join(lines)
+
+
+def plan_json(plan: dict) -> str:
+    return json.dumps(plan, indent=2)

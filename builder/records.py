@@ -1,0 +1,61 @@
+"""The one record type that flows through every stage, and its JSON-lines form."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+
+@dataclass
+class Drop:
+    """Why a stage dropped a record."""
+
+    stage: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass
+class Record:
+    """One sample: its spec (from the manifest) plus what stages add.
+
+    ``image`` is a path relative to the build folder, set by the generation
+    stage. ``scores`` holds per-stage measurements (name -> number). ``drop`` is
+    set by the stage that rejects the record.
+    """
+
+    sample_id: str
+    index: int
+    label: int
+    label_name: str
+    au: list[float]
+    attributes: dict[str, str]
+    prompt: str
+    negative_prompt: str
+    seed: int
+    image: str | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    drop: Drop | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, line: str) -> Record:
+        data = json.loads(line)
+        drop = data.pop("drop", None)
+        return cls(**data, drop=Drop(**drop) if drop else None)
+
+
+def write_jsonl(path: Path, records: Iterable[Record]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(rec.to_json() + "\n")
+
+
+def read_jsonl(path: Path) -> Iterator[Record]:
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield Record.from_json(line)

@@ -1,0 +1,119 @@
+"""Build a dataset from a manifest: shards through the stages, then the release.
+
+The build folder records which manifest it belongs to (``build.json``); a
+rerun with the same manifest resumes, one with a different manifest is refused.
+One process at a time drives a build folder (an advisory lock that the kernel
+drops if the process dies).
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__
+from .errors import OutputDirError
+from .executor import LocalExecutor, ShardTask
+from .manifest import Manifest
+from .shards import ShardStore
+
+BUILD_FILE = "build.json"
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    generated_shards: int
+    released: bool
+    stats: dict | None
+
+
+def fingerprint(manifest: Manifest) -> str:
+    return hashlib.sha256(json.dumps(manifest.identity(), sort_keys=True).encode()).hexdigest()
+
+
+def build(manifest: Manifest, out: Path, executor=None, progress: bool = True, log=print) -> BuildResult:
+    """Run (or resume) the build of ``manifest`` into ``out``."""
+    from cards.release import is_released, release
+
+    out = Path(out)
+    _prepare_folder(out)
+    with _lock(out):
+        fp = _claim(out, manifest)
+        store = ShardStore(out)
+        if store.clean_staging():
+            log("removed unfinished shard outputs of an interrupted run")
+        task = ShardTask(manifest, out)
+        pending = [s for s in range(manifest.num_shards()) if task.pending(s)]
+        if not pending and is_released(out, fp):
+            log(f"{out}: build is complete, nothing to do")
+            return BuildResult(out, 0, False, json.loads((out / "stats.json").read_text()))
+        if pending:
+            done = manifest.num_shards() - len(pending)
+            log(f"{len(pending)} of {manifest.num_shards()} shards to process" + (f" ({done} already done)" if done else ""))
+            (executor or LocalExecutor()).run(task, pending, progress=progress)
+        stats = release(manifest, out, task.stage_names, fp, log=log)
+        return BuildResult(out, len(pending), True, stats)
+
+
+def _prepare_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise OutputDirError(f"--out '{out}' is a file", fix="give a folder path for --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / BUILD_FILE).exists():
+        raise OutputDirError(f"--out '{out}' is not empty and holds no build",
+                             fix="give a new or empty folder for --out; nothing in this one was touched")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputDirError(f"cannot create --out '{out}': {exc.strerror}", fix="choose a writable folder") from None
+
+
+@contextmanager
+def _lock(out: Path):
+    fh = open(out / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            raise OutputDirError(f"another build-dataset process (pid {fh.read().strip() or '?'}) is writing to '{out}'",
+                                 fix="wait for it to finish, or stop it; its finished shards are kept") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+    finally:
+        fh.close()
+
+
+def _claim(out: Path, manifest: Manifest) -> str:
+    """Record the manifest in ``out/build.json``, or check it matches the one there."""
+    fp = fingerprint(manifest)
+    path = out / BUILD_FILE
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous["fingerprint"] != fp:
+            changed = _diff(previous["manifest"], manifest.identity())
+            raise OutputDirError(
+                f"'{out}' holds a build of a different manifest (changed: {', '.join(changed[:8])})",
+                fix="use a new --out folder, or delete this one to rebuild from scratch; resuming needs the same manifest",
+            )
+        return fp
+    tmp = out / f".{BUILD_FILE}.tmp"
+    tmp.write_text(json.dumps({"fingerprint": fp, "tool_version": __version__, "manifest": manifest.identity()}, indent=1))
+    os.rename(tmp, path)
+    return fp
+
+
+def _diff(a, b, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b), key=str):
+            out += _diff(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return out
+    return [] if a == b else [prefix or "(top level)"]

@@ -1,0 +1,85 @@
+"""The one stage contract every pipeline step follows.
+
+A stage is set up once per process (models load in ``setup``), then processes
+one shard's records at a time and yields every input record back: kept, or
+with ``record.drop`` set to the reason. The runner (``builder.shards``) counts
+kept and dropped per reason, writes both, and times the stage; stages never
+count or write bookkeeping themselves. The same stages run under any executor.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from .records import Drop, Record
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one instance of a stage needs (read by distributed executors)."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+
+@dataclass
+class ShardContext:
+    """Where a stage writes one shard's files.
+
+    Files go under ``staging`` now and are found under ``final`` once the shard
+    is committed; record paths are relative to the build folder ``root``.
+    """
+
+    root: Path
+    shard: int
+    staging: Path
+    final: Path
+
+    def output_path(self, relative: str) -> tuple[Path, str]:
+        """(path to write now, path to store in records) for a file of this shard."""
+        target = self.staging / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target, (self.final / relative).relative_to(self.root).as_posix()
+
+    def resolve(self, stored: str) -> Path:
+        """Absolute path of a file a record refers to."""
+        return self.root / stored
+
+
+class Stage(ABC):
+    """Base class of every stage: ``setup`` once, ``process`` per shard."""
+
+    name: ClassVar[str]
+    resources: ClassVar[Resources] = Resources()
+
+    def setup(self) -> None:
+        """Load models and other heavy state; called once, before the first shard."""
+
+    @abstractmethod
+    def process(self, records: list[Record], ctx: ShardContext) -> Iterator[Record]:
+        """Yield every record of ``records``, with ``drop`` set on those this stage rejects."""
+
+    def meta(self) -> dict:
+        """Facts about this stage's setup worth recording with each shard (e.g. model provenance)."""
+        return {}
+
+
+class Filter(Stage):
+    """A stage that judges records one by one; an exception on one record drops only it."""
+
+    def process(self, records: list[Record], ctx: ShardContext) -> Iterator[Record]:
+        for record in records:
+            try:
+                verdict = self.check(record, ctx)
+            except Exception as exc:  # a bad sample is counted and skipped, never a crash
+                verdict = ("error", f"{type(exc).__name__}: {exc}")
+            if verdict is not None:
+                record.drop = Drop(self.name, verdict[0], verdict[1])
+            yield record
+
+    @abstractmethod
+    def check(self, record: Record, ctx: ShardContext) -> tuple[str, str] | None:
+        """None to keep the record, or (reason, detail) to drop it."""

@@ -1,0 +1,1 @@
+"""Release: splits, the Hugging Face dataset, and its data card."""

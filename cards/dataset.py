@@ -1,0 +1,83 @@
+"""The released Hugging Face dataset: features and rows built from kept records."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from builder.manifest import Manifest
+from builder.records import Record
+
+
+def au_description(manifest: Manifest) -> str:
+    """Dataset-info description; its last line is JSON with the AU order of the 'au' column."""
+    meta = {"au_names": list(manifest.aus.names), "au_set": manifest.aus.au_set, "au_scale": "FACS intensity 0-5"}
+    return f"Synthetic facial expression dataset '{manifest.name}' {manifest.version}.\n" + json.dumps(meta)
+
+
+def au_names_from_info(description: str) -> list[str]:
+    """Read the AU order back from a released dataset's ``info.description``."""
+    return json.loads(description.strip().splitlines()[-1])["au_names"]
+
+
+def features(manifest: Manifest):
+    from datasets import ClassLabel, Features, Image, List, Value
+
+    cols = {
+        "image": Image(),
+        "label": ClassLabel(names=list(manifest.labels.names)),
+        "au": List(Value("float32"), length=len(manifest.aus.names)),
+        "prompt": Value("string"),
+        "negative_prompt": Value("string"),
+        "seed": Value("int64"),
+        "sample_id": Value("string"),
+    }
+    cols.update({axis: Value("string") for axis in manifest.prompts.axes})
+    cols.update({
+        "generator_model": Value("string"),
+        "generator_revision": Value("string"),
+        "generator_weights_sha256": Value("string"),
+    })
+    return Features(cols)
+
+
+def row(record: Record, root: Path, provenance: dict) -> dict:
+    return {
+        "image": {"bytes": (root / record.image).read_bytes(), "path": Path(record.image).name},
+        "label": record.label,
+        "au": record.au,
+        "prompt": record.prompt,
+        "negative_prompt": record.negative_prompt,
+        "seed": record.seed,
+        "sample_id": record.sample_id,
+        **record.attributes,
+        "generator_model": provenance["model"],
+        "generator_revision": provenance["revision"],
+        "generator_weights_sha256": provenance["weights_sha256"],
+    }
+
+
+def build_dataset_dict(splits: dict[str, list[Record]], manifest: Manifest, provenance: dict, root: Path, cache_dir: Path):
+    """A ``DatasetDict`` written through an on-disk Arrow cache (memory does not grow with size)."""
+    from datasets import Dataset, DatasetDict, NamedSplit
+
+    feats = features(manifest)
+    out = {}
+    for name, records in splits.items():
+        if not records:
+            continue  # an empty split cannot be saved; stats and card show it as 0
+        ids = "\n".join(r.sample_id for r in records)
+        fingerprint = hashlib.sha256(f"{name}\n{provenance['weights_sha256']}\n{ids}".encode()).hexdigest()[:16]
+
+        def gen(records=records):
+            for rec in records:
+                yield row(rec, root, provenance)
+
+        ds = Dataset.from_generator(
+            gen, features=feats, cache_dir=str(cache_dir), split=NamedSplit(name), fingerprint=fingerprint
+        )
+        ds.info.description = au_description(manifest)
+        ds.info.dataset_name = manifest.name
+        ds.info.version = manifest.version
+        out[name] = ds
+    return DatasetDict(out)

@@ -1,0 +1,59 @@
+"""Deterministic splits, stratified by class."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+from builder.records import Record
+from builder.seeding import derive_seed
+
+
+def allocate(n: int, fractions: dict[str, float]) -> dict[str, int]:
+    """Split ``n`` items by ``fractions`` with largest remainders (ties: split order)."""
+    exact = {name: n * f for name, f in fractions.items()}
+    counts = {name: int(v) for name, v in exact.items()}
+    order = sorted(fractions, key=lambda name: (-(exact[name] - counts[name]), list(fractions).index(name)))
+    for name in order[: n - sum(counts.values())]:
+        counts[name] += 1
+    return counts
+
+
+def class_split_counts(class_sizes: dict[int, int], fractions: dict[str, float]) -> dict[int, dict[str, int]]:
+    """Per-class split sizes whose totals match ``allocate`` over all samples.
+
+    Each class gets the floor of its share per split; the leftover samples of
+    each class (fewer than the number of splits) go to the splits that are
+    furthest below their global target. So tiny classes still fill small
+    splits, and both margins (per class, per split) are as exact as rounding allows.
+    """
+    names = list(fractions)
+    target = allocate(sum(class_sizes.values()), fractions)
+    counts = {c: {s: int(n * fractions[s]) for s in names} for c, n in class_sizes.items()}
+    need = {s: target[s] - sum(counts[c][s] for c in counts) for s in names}
+    for c in sorted(class_sizes):
+        n = class_sizes[c]
+        for _ in range(n - sum(counts[c].values())):
+            best = max(names, key=lambda s: (need[s], n * fractions[s] - int(n * fractions[s]), -names.index(s)))
+            counts[c][best] += 1
+            need[best] -= 1
+    return counts
+
+
+def assign_splits(records: list[Record], fractions: dict[str, float], seed: int) -> dict[str, list[Record]]:
+    """Split name -> records (sorted by index); each class divided by ``fractions``.
+
+    Within a class, records are ordered by a key drawn from (seed, index), so a
+    sample's split depends on which samples were kept, not on shard size,
+    worker count or processing order.
+    """
+    by_class: dict[int, list[Record]] = defaultdict(list)
+    for rec in records:
+        by_class[rec.label].append(rec)
+    sizes = class_split_counts({c: len(m) for c, m in by_class.items()}, fractions)
+    out: dict[str, list[Record]] = {name: [] for name in fractions}
+    for label in sorted(by_class):
+        members = sorted(by_class[label], key=lambda r: (derive_seed(seed, r.index, "split"), r.index))
+        start = 0
+        for name, count in sizes[label].items():
+            out[name].extend(members[start : start + count])
+            start += count
+    return {name: sorted(recs, key=lambda r: r.index) for name, recs in out.items()}

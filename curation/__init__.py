@@ -1,0 +1,1 @@
+"""Curation stages: each judges records and says why it drops any (see builder.stage)."""
