@@ -12,7 +12,7 @@ import re
 import string
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from .aus import AU_MAX, AU_MIN, AU_SETS, DEFAULT_AU_SET
@@ -27,8 +27,10 @@ RESERVED_COLUMNS = frozenset(
 _IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
-def _fail(kind: str, message: str, fix: str, **ctx: object) -> PydanticCustomError:
-    return PydanticCustomError(kind, message, {"fix": fix, **ctx})
+def _fail(kind: str, message: str, fix: str, at: str = "", **values: object) -> PydanticCustomError:
+    """A validation error whose context carries the fix (and, with ``at``, the offending key
+    relative to the model that raises it); the loader turns both into the user's message."""
+    return PydanticCustomError(kind, message.format(**values), {"fix": fix.format(**values), "at": at})
 
 
 class _Strict(BaseModel):
@@ -54,6 +56,7 @@ class Axis(_Strict):
                 "weights_length",
                 "has {n_w} weights for {n_v} values",
                 "give exactly one positive weight per value, or remove 'weights' for uniform sampling",
+                at="weights",
                 n_w=len(self.weights),
                 n_v=len(self.values),
             )
@@ -92,6 +95,7 @@ class Prompts(_Strict):
                     "axis name '{name}' is not allowed",
                     "use a lower-case identifier (letters, digits, '_') that is not one of: "
                     + ", ".join(sorted(RESERVED_COLUMNS)),
+                    at=name,
                     name=name,
                 )
         return axes
@@ -106,7 +110,8 @@ class Prompts(_Strict):
                 raise _fail(
                     "template_syntax",
                     "template {i} is not valid format syntax ({err})",
-                    "balance the braces; write '{{' and '}}' for literal braces",
+                    "balance the braces; write '{{{{' and '}}}}' for literal braces",
+                    at=f"templates.{i}",
                     i=i,
                     err=str(exc),
                 ) from None
@@ -114,8 +119,9 @@ class Prompts(_Strict):
                 if f not in known:
                     raise _fail(
                         "template_placeholder",
-                        "template {i} uses '{{{field}}}', which is neither 'expression' nor an axis",
+                            "template {i} uses '{{{field}}}', which is neither 'expression' nor an axis",
                         "add an axis named '{field}' under prompts.axes, or remove the placeholder",
+                        at=f"templates.{i}",
                         i=i,
                         field=f,
                     )
@@ -130,7 +136,11 @@ class Labels(_Strict):
         description="Named class order of the dataset's 'label' column: affectnet7 (default), "
         "affectnet8 (adds contempt), rafdb or fer2013.",
     )
-    counts: Annotated[int, Field(ge=0)] | dict[str, Annotated[int, Field(ge=0)]] = Field(
+    counts: Annotated[
+        Annotated[Annotated[int, Field(ge=0)], Tag("count")]
+        | Annotated[dict[str, Annotated[int, Field(ge=0)]], Tag("per_class")],
+        Discriminator(lambda v: "per_class" if isinstance(v, dict) else "count"),
+    ] = Field(
         description="Samples to generate: one integer for every class, or a mapping class name -> "
         "count (classes not listed get 0)."
     )
@@ -145,6 +155,7 @@ class Labels(_Strict):
                         "unknown_label",
                         "'{name}' is not a class of label map {label_map}",
                         "use one of: " + ", ".join(names),
+                        at=f"counts.{name}",
                         name=name,
                         label_map=self.label_map,
                     )
@@ -197,6 +208,7 @@ class ActionUnits(_Strict):
                         "unknown_au",
                         "class '{cls}' sets '{au}', which is not in AU set {au_set}",
                         "use AUs of {au_set} ({names}) or pick another aus.au_set",
+                        at=f"intensity.{cls_name}.{au}",
                         cls=cls_name,
                         au=au,
                         au_set=self.au_set,
@@ -325,6 +337,7 @@ class Manifest(_Strict):
                         "unknown_label",
                         "{section} names class '{name}', which is not in label map {label_map}",
                         "use one of: " + ", ".join(names),
+                        at=f"{section}.{cls_name}",
                         section=section,
                         name=cls_name,
                         label_map=self.labels.label_map,

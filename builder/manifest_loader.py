@@ -34,7 +34,7 @@ def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        where = f"(line {mark.line + 1}, column {mark.column + 1}) " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ManifestError(f"{where}YAML syntax error: {problem}", file=source,
                             fix="fix the YAML at that position (indentation, ':' after keys, quotes)") from None
@@ -55,9 +55,10 @@ def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
 
 def _describe(err: dict[str, Any], lines: dict[tuple, int]) -> tuple[str, str]:
     """(message, fix) for one pydantic error."""
-    loc = _clean_loc(err["loc"])
     kind = err["type"]
     ctx = err.get("ctx") or {}
+    loc = _clean_loc(err["loc"]) + tuple(p for p in str(ctx.get("at") or "").split(".") if p)
+    loc = tuple(int(p) if isinstance(p, str) and p.isdigit() else p for p in loc)
     field_path = ".".join(str(p) for p in loc) or "(top level)"
     line = _nearest_line(loc, lines)
     where = f"field '{field_path}'" + (f" (line {line})" if line else "")
@@ -75,18 +76,43 @@ def _describe(err: dict[str, Any], lines: dict[tuple, int]) -> tuple[str, str]:
         return f"{where}: required field is missing", f"add '{loc[-1]}': {_field_description(loc)}"
     if "fix" in ctx:
         return f"{where}: {err['msg']}{shown_value}", str(ctx["fix"])
-    description = _field_description(loc)
-    return f"{where}: {err['msg']}{shown_value}", f"set {field_path} to a valid value: {description}"
+    return f"{where}: {err['msg']}{shown_value}", f"{_generic_fix(kind, ctx, field_path)} ({_field_description(loc)})"
+
+
+def _generic_fix(kind: str, ctx: dict, field_path: str) -> str:
+    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+    if kind in bounds:
+        limit = next(ctx[k] for k in ("gt", "ge", "lt", "le") if k in ctx)
+        return f"set {field_path} to a value {bounds[kind]} {limit}"
+    if kind.startswith("int_"):
+        return f"set {field_path} to a whole number"
+    if kind.startswith("float_"):
+        return f"set {field_path} to a number"
+    if kind.startswith("bool_"):
+        return f"set {field_path} to true or false"
+    if kind == "literal_error":
+        return f"set {field_path} to one of {ctx.get('expected')}"
+    if kind == "multiple_of":
+        return f"set {field_path} to a multiple of {ctx.get('multiple_of')}"
+    if kind == "string_pattern_mismatch":
+        return f"set {field_path} to text matching {ctx.get('pattern')}"
+    if kind in ("string_too_short", "too_short"):
+        return f"give {field_path} at least {ctx.get('min_length', 1)} item(s) or character(s)"
+    if kind in ("string_too_long", "too_long"):
+        return f"shorten {field_path} to at most {ctx.get('max_length')}"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"make {field_path} a mapping of 'key: value' lines"
+    if kind == "list_type":
+        return f"make {field_path} a list ([a, b] or '- item' lines)"
+    if kind == "string_type":
+        return f"set {field_path} to text (quote it)"
+    return f"set {field_path} to a valid value"
 
 
 def _clean_loc(loc: tuple) -> tuple:
-    """Drop pydantic's union-branch markers ('int', 'dict[str,...]') from a location."""
-    out = []
-    for part in loc:
-        if isinstance(part, str) and (part in {"int", "float", "str", "bool"} or "[" in part):
-            continue
-        out.append(part)
-    return tuple(out)
+    """Drop union-branch markers (tags and type names) from a pydantic location."""
+    markers = {"int", "float", "str", "bool", "count", "per_class", "constrained-int", "constrained-float"}
+    return tuple(p for p in loc if not (isinstance(p, str) and (p in markers or "[" in p)))
 
 
 def _model_at(loc: tuple) -> type[BaseModel] | None:

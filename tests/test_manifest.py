@@ -1,0 +1,73 @@
+"""Manifest schema: the demo validates, the generated JSON schema is current and complete."""
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+import yaml
+
+from builder.labels import LABEL_MAPS
+from builder.manifest import Manifest
+from builder.manifest_loader import load_manifest, parse_manifest
+from builder.schema import SCHEMA_PATH, schema_text
+from tests.conftest import DEMO
+
+
+def test_demo_manifest_loads():
+    m = load_manifest(DEMO)
+    assert m.total == 28
+    assert m.labels.names == LABEL_MAPS["affectnet7"]
+    assert m.num_shards() == 4
+    assert m.aus.names[6] == "AU12"
+
+
+def test_schema_file_is_current():
+    assert SCHEMA_PATH.read_text() == schema_text(), "run `make schema` (build-dataset schema --write)"
+
+
+def test_every_schema_field_is_described():
+    schema = Manifest.model_json_schema()
+    undescribed = []
+    for name, definition in [("Manifest", schema), *schema["$defs"].items()]:
+        for field, prop in definition.get("properties", {}).items():
+            if not prop.get("description"):
+                undescribed.append(f"{name}.{field}")
+    assert undescribed == []
+
+
+def test_demo_validates_against_the_json_schema(demo_data):
+    jsonschema.validate(demo_data, json.loads(SCHEMA_PATH.read_text()))
+
+
+def test_counts_mapping_gives_unlisted_classes_zero():
+    m = parse_manifest(DEMO.read_text().replace("counts: 4 ", "counts: {happy: 3, anger: 2} "))
+    assert m.labels.per_class() == {"neutral": 0, "happy": 3, "sad": 0, "surprise": 0, "fear": 0, "disgust": 0, "anger": 2}
+    assert m.total == 5
+
+
+@pytest.mark.parametrize("label_map", sorted(LABEL_MAPS))
+def test_every_label_map_is_available(label_map, demo_data):
+    data = dict(demo_data, labels={"label_map": label_map, "counts": 1})
+    data["aus"] = dict(demo_data["aus"], intensity={})
+    m = Manifest.model_validate(data)
+    assert m.labels.names == LABEL_MAPS[label_map]
+
+
+def test_identity_ignores_device_only(demo_data):
+    a = Manifest.model_validate(demo_data)
+    b = Manifest.model_validate({**demo_data, "generator": {**demo_data["generator"], "device": "cpu"}})
+    c = Manifest.model_validate({**demo_data, "generator": {**demo_data["generator"], "steps": 5}})
+    assert a.identity() == b.identity()
+    assert a.identity() != c.identity()
+
+
+def test_yaml_is_loaded_safely(tmp_path, capsys):
+    from builder.cli import main
+
+    path = tmp_path / "evil.yaml"
+    path.write_text(DEMO.read_text() + "\nextra: !!python/object/apply:os.system ['echo pwned']\n")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "YAML syntax error" in err and "pwned" not in err
+    assert yaml.safe_load(DEMO.read_text())["name"] == "demo"

@@ -1,0 +1,106 @@
+"""Resumption: a build killed with SIGKILL at any point and rerun equals an uninterrupted build."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from builder.cli import main
+from tests.conftest import ROOT, dataset_rows, stage_counts
+
+pytestmark = pytest.mark.slow
+
+CHANGES = {"name": "resume", "labels": {"counts": 5}, "output": {"shard_size": 5}}  # 35 samples, 7 shards
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory, demo_data):
+    import yaml
+
+    from tests.conftest import deep_update
+
+    path = tmp_path_factory.mktemp("resume") / "resume.yaml"
+    path.write_text(yaml.safe_dump(deep_update(demo_data, CHANGES), sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(manifest, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "out"
+    assert main([str(manifest), "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def start(manifest: Path, out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "builder.cli", str(manifest), "--out", str(out), "--no-progress"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"the build finished (rc {proc.returncode}) before the kill point: {proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("kill point never reached")
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def done_shards(out: Path, stage: str) -> int:
+    return len([p for p in (out / "shards" / stage).glob("0*")]) if (out / "shards" / stage).exists() else 0
+
+
+def staging(out: Path, stage: str) -> bool:
+    return any((out / "shards" / stage).glob(".tmp-*")) if (out / "shards" / stage).exists() else False
+
+
+KILL_POINTS = {
+    # inside generation of a shard, after at least one shard was committed
+    "mid-generation": lambda out: done_shards(out, "generate") >= 2 and staging(out, "generate"),
+    # inside the integrity stage of a shard whose images are already committed
+    "mid-integrity": lambda out: done_shards(out, "integrity") >= 3 and staging(out, "integrity"),
+    # while the dataset, card and stats are being written
+    "mid-release": lambda out: (out / ".release-tmp").exists(),
+}
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_killed_build_resumes_to_the_same_dataset(point, manifest, reference, tmp_path):
+    out = tmp_path / "out"
+    kill_when(start(manifest, out), lambda: KILL_POINTS[point](out))
+    assert not (out / ".release.json").exists(), "the kill landed before the build finished"
+
+    rerun = subprocess.run([sys.executable, "-m", "builder.cli", str(manifest), "--out", str(out), "--no-progress"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+
+    expected, got = dataset_rows(reference), dataset_rows(out)
+    assert list(got) == list(expected)
+    for split in expected:
+        assert [r["sample_id"] for r in got[split]] == [r["sample_id"] for r in expected[split]]
+        for a, b in zip(got[split], expected[split]):
+            assert a == b, f"{split} {a['sample_id']} differs"
+    assert stage_counts(out) == stage_counts(reference), "stats stay correct after a relaunch"
+    for stage in ("generate", "integrity"):
+        assert (out / "rejected" / f"{stage}.jsonl").read_text() == (reference / "rejected" / f"{stage}.jsonl").read_text()
+    assert not list(out.rglob(".tmp-*")) and not (out / ".release-tmp").exists()
+
+
+def test_interrupted_release_is_redone_in_process(manifest, reference, tmp_path):
+    """A release whose outputs were half moved into place (no marker) is rebuilt whole."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    (out / ".release.json").unlink()
+    shutil.rmtree(out / "hf")
+    assert main([str(manifest), "--out", str(out), "--no-progress"]) == 0
+    assert dataset_rows(out) == dataset_rows(reference)

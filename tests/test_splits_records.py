@@ -1,0 +1,63 @@
+"""Splits are stratified and deterministic; records round-trip through JSON lines."""
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import pytest
+
+from builder.records import Drop, Record, read_jsonl, write_jsonl
+from cards.splits import allocate, assign_splits, class_split_counts
+
+
+def rec(index: int, label: int) -> Record:
+    return Record(sample_id=f"s-{index}", index=index, label=label, label_name=str(label), au=[0.5],
+                  attributes={"age": "old"}, prompt="p", negative_prompt="", seed=index)
+
+
+def test_allocate_sums_and_rounds():
+    assert allocate(28, {"train": 0.8, "validation": 0.1, "test": 0.1}) == {"train": 22, "validation": 3, "test": 3}
+    assert allocate(3, {"a": 0.5, "b": 0.5}) == {"a": 2, "b": 1}
+
+
+@pytest.mark.parametrize("sizes", [{0: 4, 1: 4, 2: 4, 3: 4, 4: 4, 5: 4, 6: 4}, {0: 1, 1: 50, 2: 7}, {0: 1000, 3: 333}])
+def test_class_split_counts_match_both_margins(sizes):
+    fractions = {"train": 0.8, "validation": 0.1, "test": 0.1}
+    counts = class_split_counts(sizes, fractions)
+    assert {c: sum(v.values()) for c, v in counts.items()} == sizes
+    totals = Counter()
+    for per_class in counts.values():
+        totals.update(per_class)
+    assert dict(totals) == allocate(sum(sizes.values()), fractions)
+    for c, per_class in counts.items():
+        for split, n in per_class.items():
+            assert abs(n - sizes[c] * fractions[split]) < 1 + 1e-9
+
+
+def test_assign_splits_is_deterministic_and_stratified():
+    records = [rec(i, i % 3) for i in range(300)]
+    fractions = {"train": 0.7, "test": 0.3}
+    a = assign_splits(records, fractions, seed=5)
+    b = assign_splits(list(reversed(records)), fractions, seed=5)
+    assert {k: [r.sample_id for r in v] for k, v in a.items()} == {k: [r.sample_id for r in v] for k, v in b.items()}
+    assert Counter(r.label for r in a["test"]) == {0: 30, 1: 30, 2: 30}
+    ids = [r.sample_id for v in a.values() for r in v]
+    assert len(ids) == len(set(ids)) == 300
+    c = assign_splits(records, fractions, seed=6)
+    assert [r.sample_id for r in c["test"]] != [r.sample_id for r in a["test"]]
+
+
+def test_record_jsonl_round_trip(tmp_path):
+    kept = rec(1, 2)
+    kept.scores["pixel_std"] = 12.5
+    dropped = rec(2, 0)
+    dropped.drop = Drop("integrity", "blank_image", "pixel std 0.00 < min_std 2")
+    write_jsonl(tmp_path / "r.jsonl", [kept, dropped])
+    assert list(read_jsonl(tmp_path / "r.jsonl")) == [kept, dropped]
+
+
+def test_records_refuse_nan_scores():
+    r = rec(1, 1)
+    r.scores["x"] = math.nan
+    with pytest.raises(ValueError):
+        r.to_json()
