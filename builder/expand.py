@@ -38,15 +38,18 @@ def sample_id(manifest: Manifest, index: int) -> str:
     return f"{manifest.name}-{index:07d}"
 
 
+def draw_prompt(manifest: Manifest, index: int) -> tuple[str, dict[str, str]]:
+    """(template, axis values) of sample ``index``."""
+    rng = SampleRng(manifest.seed, index, "prompt")
+    template = rng.choice(manifest.prompts.templates)
+    return template, {axis: rng.choice(spec.values, spec.weights) for axis, spec in manifest.prompts.axes.items()}
+
+
 def make_spec(manifest: Manifest, index: int, label: int) -> Record:
     """The spec of sample ``index`` whose class is ``label``."""
-    names = manifest.labels.names
-    label_name = names[label]
+    label_name = manifest.labels.names[label]
     prompts = manifest.prompts
-
-    rng = SampleRng(manifest.seed, index, "prompt")
-    template = rng.choice(prompts.templates)
-    attributes = {axis: rng.choice(spec.values, spec.weights) for axis, spec in prompts.axes.items()}
+    template, attributes = draw_prompt(manifest, index)
     expression = prompts.expression_text.get(label_name) or expression_text(label_name)
     prompt = " ".join(template.format(expression=expression, **attributes).split())
     prompt = _ARTICLE.sub(r"\1n ", prompt)  # "a old man" -> "an old man"

@@ -9,7 +9,7 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
-from .expand import class_sequence, iter_specs, shard_bounds
+from .expand import class_sequence, draw_prompt, shard_bounds
 from .manifest import BUILTIN_TINY_MODEL, Manifest
 from .pipeline import stage_names
 
@@ -26,13 +26,14 @@ def make_plan(manifest: Manifest, out: Path | None = None) -> dict:
     per_axis: dict[str, Counter[str]] = {axis: Counter() for axis in manifest.prompts.axes}
     cells: Counter[str] = Counter()
     class_cells: Counter[str] = Counter()
-    for spec in iter_specs(manifest, classes=classes):
-        per_class[spec.label_name] += 1
-        for axis, value in spec.attributes.items():
+    for index, label in enumerate(classes):
+        _, attributes = draw_prompt(manifest, index)
+        per_class[names[label]] += 1
+        for axis, value in attributes.items():
             per_axis[axis][value] += 1
-        cell = "|".join(f"{k}={v}" for k, v in spec.attributes.items())
+        cell = "|".join(f"{k}={v}" for k, v in attributes.items())
         cells[cell] += 1
-        class_cells[f"{spec.label_name}|{cell}"] += 1
+        class_cells[f"{names[label]}|{cell}"] += 1
 
     gen = manifest.generator
     shards = manifest.num_shards()

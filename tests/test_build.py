@@ -40,7 +40,7 @@ def test_dataset_has_every_requested_sample_and_the_features(demo_out):
 
     specs = {s.sample_id: s for s in iter_specs(manifest)}
     seen = set()
-    for split, ds in dd.items():
+    for ds in dd.values():
         for row in ds:
             spec = specs[row["sample_id"]]
             seen.add(row["sample_id"])

@@ -6,8 +6,7 @@ import pytest
 from PIL import Image
 
 from builder.expand import shard_specs
-from builder.generate import GenerateStage
-from builder.manifest import Generator
+from builder.generate import GenerateStage, to_uint8
 from builder.manifest_loader import load_manifest
 from builder.shards import ShardStore, run_stage_on_shard
 from tests.conftest import DEMO
@@ -33,8 +32,7 @@ def test_image_does_not_depend_on_batch(demo, tiny_model):
     together = images(stage_for(demo), records)
     alone = np.stack([images(stage_for(demo), [r])[0] for r in records])
     assert np.abs(together - alone).max() < 2e-3, "float rounding only"
-    u8 = lambda x: (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
-    assert np.abs(u8(together).astype(int) - u8(alone)).max() <= 1
+    assert np.abs(to_uint8(together).astype(int) - to_uint8(alone)).max() <= 1
 
 
 def test_same_seed_same_image_other_seed_other_image(demo, tiny_model):

@@ -71,3 +71,9 @@ def test_yaml_is_loaded_safely(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "YAML syntax error" in err and "pwned" not in err
     assert yaml.safe_load(DEMO.read_text())["name"] == "demo"
+
+
+@pytest.mark.parametrize("path", sorted(DEMO.parent.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_manifests_validate(path):
+    manifest = load_manifest(path)
+    assert manifest.total > 0
