@@ -151,3 +151,15 @@ def test_schema_check_and_validate(capsys):
     assert main(["schema", "--check"]) == 0
     assert main(["validate", str(DEMO)]) == 0
     assert "ok (28 samples, 4 shards)" in capsys.readouterr().out
+
+
+def test_every_command_is_documented():
+    from builder.cli import SUBCOMMANDS
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    for command in SUBCOMMANDS:
+        assert f"`build-dataset {command}" in readme, command
+    for flag in ("--out", "--dry-run", "--json"):
+        assert flag in readme
+    assert readme.count("```bash\nmake demo") == 1 and "make test" in readme

@@ -104,3 +104,36 @@ def test_interrupted_release_is_redone_in_process(manifest, reference, tmp_path)
     shutil.rmtree(out / "hf")
     assert main([str(manifest), "--out", str(out), "--no-progress"]) == 0
     assert dataset_rows(out) == dataset_rows(reference)
+
+
+def test_ctrl_c_exits_130_and_keeps_finished_shards(manifest, reference, tmp_path):
+    out = tmp_path / "out"
+    proc = start(manifest, out)
+    deadline = time.monotonic() + 240
+    while not (done_shards(out, "generate") >= 2 and staging(out, "generate")):
+        assert proc.poll() is None and time.monotonic() < deadline, "interrupt point never reached"
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    assert "interrupted: finished shards are kept" in proc.stderr.read()
+    assert done_shards(out, "generate") >= 2 and not staging(out, "generate")
+    assert main([str(manifest), "--out", str(out), "--no-progress"]) == 0
+    assert dataset_rows(out) == dataset_rows(reference)
+
+
+def test_model_error_on_resume_loses_nothing(tmp_path, tiny_model, write_manifest, capsys):
+    import shutil
+
+    model = shutil.copytree(tiny_model, tmp_path / "model")
+    manifest = write_manifest({"generator": {"model": str(model)}})
+    out = tmp_path / "out"
+    assert main([str(manifest), "--out", str(out), "--no-progress"]) == 0
+    shutil.rmtree(out / "shards" / "generate" / "00003")  # as if the run had stopped before shard 3
+    shutil.rmtree(out / "shards" / "integrity" / "00003")
+    shutil.rmtree(model)
+    kept = {p: p.read_bytes() for p in (out / "shards").rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main([str(manifest), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"generator.model folder '{model}' does not exist" in err and "Traceback" not in err
+    assert {p: p.read_bytes() for p in (out / "shards").rglob("*") if p.is_file()} == kept
