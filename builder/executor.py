@@ -14,6 +14,7 @@ from .expand import shard_bounds, shard_specs
 from .manifest import Manifest
 from .pipeline import shard_stages, stage_names
 from .shards import ShardStore, run_stage_on_shard
+from .errors import OutputDirError
 from .stage import Stage
 
 
@@ -55,10 +56,27 @@ class ShardTask:
                 records = store.kept(previous, shard) if previous else shard_specs(self.manifest, shard)
             if stage.name not in self._ready:
                 stage.setup()
+                check_meta_matches(stage, store, self.manifest.num_shards())
                 self._ready.add(stage.name)
             records = run_stage_on_shard(stage, store, shard, records)
             previous = stage.name
         return len(records) if records is not None else len(store.kept(previous, shard))
+
+
+def check_meta_matches(stage: Stage, store: ShardStore, num_shards: int) -> None:
+    """Refuse to add shards made by a different setup (other weights, dtype, ...) than the finished ones."""
+    finished = next((s for s in range(num_shards) if store.is_done(stage.name, s)), None)
+    if finished is None:
+        return
+    before, now = store.stats(stage.name, finished)["meta"], stage.meta()
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if changed:
+        details = "; ".join(f"{k}: {before.get(k)} -> {now.get(k)}" for k in changed)
+        raise OutputDirError(
+            f"stage '{stage.name}' is set up differently from the shards already in {store.root} ({details})",
+            fix="resume where the same model files and dtype are available (e.g. the same kind of machine), "
+            "or build into a new --out folder",
+        )
 
 
 class LocalExecutor:

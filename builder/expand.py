@@ -17,7 +17,17 @@ from .records import Record
 from .seeding import SampleRng, derive_seed
 
 
-_ARTICLE = re.compile(r"\b([Aa]) (?=[aeiouAEIOU])")
+_ARTICLE_FIELD = re.compile(r"\b([Aa]) \{(\w+)\}")
+
+
+def render_prompt(template: str, values: dict[str, str]) -> str:
+    """Fill ``template``; 'a {field}' takes 'an' when the value starts with a vowel."""
+
+    def article(m: re.Match) -> str:
+        vowel = values[m.group(2)][:1].lower() in "aeiou"
+        return f"{m.group(1)}{'n' if vowel else ''} {{{m.group(2)}}}"
+
+    return " ".join(_ARTICLE_FIELD.sub(article, template).format(**values).split())
 
 
 def class_sequence(manifest: Manifest) -> list[int]:
@@ -51,8 +61,7 @@ def make_spec(manifest: Manifest, index: int, label: int) -> Record:
     prompts = manifest.prompts
     template, attributes = draw_prompt(manifest, index)
     expression = prompts.expression_text.get(label_name) or expression_text(label_name)
-    prompt = " ".join(template.format(expression=expression, **attributes).split())
-    prompt = _ARTICLE.sub(r"\1n ", prompt)  # "a old man" -> "an old man"
+    prompt = render_prompt(template, {"expression": expression, **attributes})
 
     au_rng = SampleRng(manifest.seed, index, "au")
     targets = manifest.aus.intensity.get(label_name, {})

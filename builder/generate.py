@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
+from .errors import UserError
 from .manifest import Generator
 from .records import Drop, Record
 from .stage import Resources, ShardContext, Stage
@@ -22,7 +24,8 @@ class GenerateStage(Stage):
     seeded from its spec, so an image does not depend on the batch or shard it
     lands in (up to float rounding across batch sizes) nor on the device.
     Images whose decoded pixels are not finite (fp16 overflow) are dropped as
-    ``nonfinite_output``.
+    ``nonfinite_output``. Each record gets ``scores["prompt_tokens"]`` (text
+    encoder tokens, before truncation to ``max_prompt_tokens``).
     """
 
     name = "generate"
@@ -36,10 +39,16 @@ class GenerateStage(Stage):
     def setup(self) -> None:
         from .models import load_pipeline
 
-        self.pipe, self.device, self.provenance = load_pipeline(self.spec)
+        self.pipe, self.dtype, self.provenance = load_pipeline(self.spec)
 
     def meta(self) -> dict:
-        return {"provenance": self.provenance.to_dict()} if self.provenance else {}
+        if self.provenance is None:
+            return {}
+        return {
+            "provenance": self.provenance.to_dict(),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "max_prompt_tokens": int(self.pipe.tokenizer.model_max_length),
+        }
 
     def process(self, records: list[Record], ctx: ShardContext) -> Iterator[Record]:
         import numpy as np
@@ -48,7 +57,9 @@ class GenerateStage(Stage):
         size = self.spec.batch_size
         for start in range(0, len(records), size):
             batch = records[start : start + size]
-            for record, pixels in zip(batch, self.generate(batch)):
+            token_counts = [len(ids) for ids in self.pipe.tokenizer([r.prompt for r in batch]).input_ids]
+            for record, pixels, tokens in zip(batch, self.generate(batch), token_counts):
+                record.scores["prompt_tokens"] = tokens
                 if not np.isfinite(pixels).all():
                     record.drop = Drop(self.name, "nonfinite_output", "decoded image has NaN or inf pixels")
                 else:
@@ -64,7 +75,7 @@ class GenerateStage(Stage):
         spec = self.spec
         generators = [torch.Generator("cpu").manual_seed(r.seed) for r in batch]
         negative = [r.negative_prompt for r in batch] if spec.guidance_scale > 1 else None
-        with torch.inference_mode():
+        with torch.inference_mode(), _explain_oom(len(batch), spec):
             out = self.pipe(
                 prompt=[r.prompt for r in batch],
                 negative_prompt=negative,
@@ -76,3 +87,18 @@ class GenerateStage(Stage):
                 output_type="np",
             )
         return out.images
+
+
+@contextmanager
+def _explain_oom(batch: int, spec: Generator):
+    """Turn a GPU out-of-memory error into a message that says what to change."""
+    import torch
+
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise UserError(
+            f"out of GPU memory generating {batch} images of {spec.width}x{spec.height} at once",
+            fix="lower generator.batch_size and rerun: finished shards are kept, and the batch size "
+            "may change when a build resumes",
+        ) from None

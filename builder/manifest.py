@@ -19,6 +19,8 @@ from .aus import AU_MAX, AU_MIN, AU_SETS, DEFAULT_AU_SET
 from .labels import DEFAULT_LABEL_MAP, LABEL_MAPS
 
 BUILTIN_TINY_MODEL = "builtin:tiny-sd"
+# Generator settings a build may change when it resumes (they do not change any image).
+NOT_IDENTITY = ("device", "batch_size")
 # Record fields that prompt axes may not shadow as dataset columns.
 RESERVED_COLUMNS = frozenset(
     {"image", "label", "au", "prompt", "negative_prompt", "seed", "sample_id", "expression",
@@ -70,7 +72,7 @@ class Prompts(_Strict):
         min_length=1,
         description="Prompt templates in Python format syntax. '{expression}' is the class's "
         "expression text; every other '{name}' must be an axis below. One template is picked "
-        "per sample, uniformly.",
+        "per sample, uniformly. 'a {name}' becomes 'an ...' when the value starts with a vowel.",
     )
     negative_prompt: str = Field(default="", description="Negative prompt used for every sample.")
     expression_text: dict[str, Annotated[str, Field(min_length=1)]] = Field(
@@ -243,7 +245,13 @@ class Generator(_Strict):
         description="Weights and activations dtype. 'auto' is bfloat16 on GPUs that support it, "
         "float16 on other GPUs and float32 on CPU. Half precision is refused on CPU.",
     )
-    batch_size: int = Field(default=8, gt=0, le=1024, description="Images per denoising batch.")
+    batch_size: int = Field(
+        default=8,
+        gt=0,
+        le=1024,
+        description="Images per denoising batch. Not part of the build's identity: lower it to resume "
+        "after running out of GPU memory (each image has its own seeded noise).",
+    )
     device: str = Field(
         default="auto",
         pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",
@@ -353,7 +361,8 @@ class Manifest(_Strict):
         return -(-self.total // size)
 
     def identity(self) -> dict:
-        """The manifest fields that determine the dataset (everything but the device)."""
+        """The manifest fields that determine the dataset: all but generator.device and .batch_size."""
         data = self.model_dump(mode="json")
-        data["generator"].pop("device", None)
+        for key in NOT_IDENTITY:
+            data["generator"].pop(key, None)
         return data

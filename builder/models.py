@@ -51,6 +51,9 @@ def resolve_device(requested: str) -> str:
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise ModelLoadError(f"generator.device is '{requested}' but no CUDA GPU is visible",
                              fix="set generator.device to 'auto' or 'cpu', or run on a GPU machine")
+    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelLoadError("generator.device is 'mps' but Apple's MPS backend is not available",
+                             fix="set generator.device to 'auto' or 'cpu'")
     return requested
 
 
@@ -97,9 +100,7 @@ def _download(repo_id: str, revision: str | None) -> Path:
 
     offline = constants.HF_HUB_OFFLINE
     try:
-        folder = StableDiffusionPipeline.download(
-            repo_id, revision=revision, local_files_only=offline, use_safetensors=None
-        )
+        folder = StableDiffusionPipeline.download(repo_id, revision=revision, local_files_only=offline)
     except OSError as exc:
         where = f"revision '{revision}' of " if revision else ""
         cache = constants.HF_HUB_CACHE
@@ -155,7 +156,7 @@ def _read_license(folder: Path, model: str) -> str | None:
 
 
 def load_pipeline(spec: Generator):
-    """(pipeline on its device, device, Provenance) for a manifest's generator section."""
+    """(pipeline on its device, resolved torch dtype, Provenance) for a manifest's generator section."""
     import diffusers
     import transformers
     from diffusers import StableDiffusionPipeline
@@ -190,5 +191,5 @@ def load_pipeline(spec: Generator):
     provenance = Provenance(
         model=spec.model, revision=revision, weights_sha256=weights_sha256(folder), license=_read_license(folder, spec.model)
     )
-    return pipe, device, provenance
+    return pipe, dtype, provenance
 

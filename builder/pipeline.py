@@ -18,7 +18,4 @@ def shard_stages(manifest: Manifest) -> list[Stage]:
 
 
 def stage_names(manifest: Manifest) -> list[str]:
-    names = ["generate"]
-    if manifest.curation.integrity.enabled:
-        names.append("integrity")
-    return names
+    return [stage.name for stage in shard_stages(manifest)]

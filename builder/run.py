@@ -33,7 +33,8 @@ class BuildResult:
 
 
 def fingerprint(manifest: Manifest) -> str:
-    return hashlib.sha256(json.dumps(manifest.identity(), sort_keys=True).encode()).hexdigest()
+    """sha256 of the manifest's identity. Key order counts: the order of splits and axes changes samples."""
+    return hashlib.sha256(json.dumps(manifest.identity()).encode()).hexdigest()
 
 
 def build(manifest: Manifest, out: Path, executor=None, progress: bool = True, log=print) -> BuildResult:
@@ -63,7 +64,8 @@ def build(manifest: Manifest, out: Path, executor=None, progress: bool = True, l
 def _prepare_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise OutputDirError(f"--out '{out}' is a file", fix="give a folder path for --out")
-    if out.is_dir() and any(out.iterdir()) and not (out / BUILD_FILE).exists():
+    ours = {".lock", f".{BUILD_FILE}.tmp"}  # all a run killed before build.json was written leaves
+    if out.is_dir() and any(p.name not in ours for p in out.iterdir()) and not (out / BUILD_FILE).exists():
         raise OutputDirError(f"--out '{out}' is not empty and holds no build",
                              fix="give a new or empty folder for --out; nothing in this one was touched")
     try:
@@ -115,5 +117,7 @@ def _diff(a, b, prefix: str = "") -> list[str]:
         out = []
         for key in sorted(set(a) | set(b), key=str):
             out += _diff(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
+        if not out and list(a) != list(b):
+            out.append(f"order of the keys in {prefix or 'the manifest'}")
         return out
     return [] if a == b else [prefix or "(top level)"]

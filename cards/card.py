@@ -69,6 +69,9 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict):
         ["scheduler / steps / CFG", f"{manifest.generator.scheduler} / {manifest.generator.steps} / {manifest.generator.guidance_scale:g}"],
         ["resolution", f"{manifest.generator.width}x{manifest.generator.height}"],
         ["global seed", manifest.seed],
+        ["prompts truncated", f"{stats['prompts'].get('truncated', 0)} (text encoder limit "
+                              f"{stats['prompts'].get('max_tokens', '?')} tokens, longest prompt "
+                              f"{stats['prompts'].get('longest', 0)})"],
         ["tool", f"fer-synth {stats['tool_version']}"],
     ])]
     parts += ["", "## Processing funnel", "", _table(

@@ -68,6 +68,10 @@ def release(manifest: Manifest, root: Path, stages: list[str], fingerprint: str,
 
     provenance = generator_provenance(store, shards)
     kept = [rec for shard in shards for rec in store.kept(stages[-1], shard)]
+    prompts = prompt_stats(kept, store.stats("generate", 0)["meta"]["max_prompt_tokens"]) if shards else {}
+    if prompts.get("truncated"):
+        log(f"warning: {prompts['truncated']} prompts are longer than the text encoder's "
+            f"{prompts['max_tokens']} tokens and were truncated (longest: {prompts['longest']})")
     splits = assign_splits(kept, manifest.output.splits, manifest.seed)
 
     (staging / "rejected").mkdir()
@@ -102,6 +106,7 @@ def release(manifest: Manifest, root: Path, stages: list[str], fingerprint: str,
             },
         },
         "generator": provenance,
+        "prompts": prompts,
     }
     stats["stages"]["release"] = {"in": len(kept), "kept": len(kept), "dropped": {},
                                   "seconds": round(time.perf_counter() - started, 3)}
@@ -118,6 +123,13 @@ def release(manifest: Manifest, root: Path, stages: list[str], fingerprint: str,
     shutil.rmtree(staging)
     (root / MARKER).write_text(json.dumps({"fingerprint": fingerprint, "shards": len(shards)}) + "\n")
     return stats
+
+
+def prompt_stats(records, max_tokens: int) -> dict:
+    """How many released prompts the text encoder had to truncate."""
+    lengths = [int(r.scores["prompt_tokens"]) for r in records]
+    return {"max_tokens": max_tokens, "longest": max(lengths, default=0),
+            "truncated": sum(n > max_tokens for n in lengths)}
 
 
 def _count_labels(records, n: int) -> list[int]:

@@ -163,3 +163,38 @@ def test_every_command_is_documented():
     for flag in ("--out", "--dry-run", "--json"):
         assert flag in readme
     assert readme.count("```bash\nmake demo") == 1 and "make test" in readme
+
+
+def test_truncated_prompts_are_counted_and_reported(tmp_path, write_manifest, capsys):
+    manifest = write_manifest({"name": "long", "labels": {"counts": {"happy": 2}},
+                               "prompts": {"templates": ["a {expression} face, " + "very detailed, " * 60]}})
+    out = tmp_path / "out"
+    assert main([str(manifest), "--out", str(out), "--no-progress"]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["prompts"]["truncated"] == 2 and stats["prompts"]["max_tokens"] == 77
+    assert stats["prompts"]["longest"] > 77
+    assert "2 prompts are longer than the text encoder's 77 tokens" in capsys.readouterr().err
+    assert "| prompts truncated | 2 (text encoder limit 77 tokens" in (out / "README.md").read_text()
+
+
+def test_folder_left_with_only_a_lock_is_reused(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".lock").write_text("12345")  # a run killed before it wrote build.json
+    from builder.run import _prepare_folder
+
+    _prepare_folder(out)  # no error: nothing of the user's is in it
+
+
+@pytest.mark.parametrize("section", ["prompts.axes", "output.splits"])
+def test_reordered_keys_are_a_different_manifest(demo_out, demo_data, tmp_path, section, capsys):
+    """Axis order drives the random draws and split order the split sizes: reordering is a change."""
+    import yaml
+
+    data = json.loads(json.dumps(demo_data))
+    parent, key = section.split(".")
+    data[parent][key] = dict(reversed(list(data[parent][key].items())))
+    path = tmp_path / "reordered.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main([str(path), "--out", str(demo_out)]) == 2
+    assert f"(changed: order of the keys in {section})" in capsys.readouterr().err

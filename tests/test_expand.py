@@ -101,3 +101,11 @@ def test_expression_text_override(demo_data):
     assert "joyful, beaming facial expression" in happy.prompt
     anger = next(r for r in iter_specs(m) if r.label_name == "anger")
     assert "angry facial expression" in anger.prompt
+
+
+def test_article_follows_the_substituted_value_only(demo_data):
+    from builder.expand import render_prompt
+
+    assert render_prompt("a {age} man, a {expression} face", {"age": "old", "expression": "happy"}) == \
+        "an old man, a happy face"
+    assert render_prompt("A {x}; a elephant; {{a {x}}}", {"x": "angry"}) == "An angry; a elephant; {an angry}"

@@ -93,3 +93,23 @@ def test_bf16_generation_on_gpu(demo, tiny_model):
     assert stage.pipe.unet.dtype in (torch.bfloat16, torch.float16)
     out = images(stage, shard_specs(demo, 0)[:2])
     assert np.isfinite(out).all()
+
+
+def test_prompt_tokens_are_recorded(demo, tiny_model, tmp_path):
+    stage = stage_for(demo)
+    records = shard_specs(demo, 0)[:2]
+    records[1].prompt = "happy " * 200
+    kept = run_stage_on_shard(stage, ShardStore(tmp_path), 0, records)
+    assert 10 < kept[0].scores["prompt_tokens"] <= 77 < kept[1].scores["prompt_tokens"] == 202
+    assert stage.meta()["max_prompt_tokens"] == 77 and stage.meta()["dtype"] == "float32"
+
+
+def test_out_of_memory_names_the_fix(demo):
+    import torch
+
+    from builder.errors import UserError
+    from builder.generate import _explain_oom
+
+    with pytest.raises(UserError, match="lower generator.batch_size and rerun"):
+        with _explain_oom(16, demo.generator):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

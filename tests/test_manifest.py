@@ -54,9 +54,9 @@ def test_every_label_map_is_available(label_map, demo_data):
     assert m.labels.names == LABEL_MAPS[label_map]
 
 
-def test_identity_ignores_device_only(demo_data):
+def test_identity_ignores_device_and_batch_size_only(demo_data):
     a = Manifest.model_validate(demo_data)
-    b = Manifest.model_validate({**demo_data, "generator": {**demo_data["generator"], "device": "cpu"}})
+    b = Manifest.model_validate({**demo_data, "generator": {**demo_data["generator"], "device": "cpu", "batch_size": 1}})
     c = Manifest.model_validate({**demo_data, "generator": {**demo_data["generator"], "steps": 5}})
     assert a.identity() == b.identity()
     assert a.identity() != c.identity()

@@ -53,9 +53,10 @@ def test_tiny_tokenizer_is_a_real_bpe(tiny_model):
 
 
 def test_builtin_loads_with_provenance(tiny_model):
-    pipe, device, prov = load_pipeline(Generator(model="builtin:tiny-sd", **TINY))
-    assert device == "cpu" and pipe.unet.dtype.is_floating_point
-    assert str(pipe.unet.dtype) == "torch.float32"
+    import torch
+
+    pipe, dtype, prov = load_pipeline(Generator(model="builtin:tiny-sd", **TINY))
+    assert dtype == torch.float32 == pipe.unet.dtype and pipe.device.type == "cpu"
     assert prov.revision == "builtin-v1" and prov.weights_sha256 == weights_sha256(tiny_model)
     assert pipe.safety_checker is None
 

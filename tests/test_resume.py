@@ -137,3 +137,59 @@ def test_model_error_on_resume_loses_nothing(tmp_path, tiny_model, write_manifes
     err = capsys.readouterr().err
     assert f"generator.model folder '{model}' does not exist" in err and "Traceback" not in err
     assert {p: p.read_bytes() for p in (out / "shards").rglob("*") if p.is_file()} == kept
+
+
+def _unfinish_last_shard(out: Path) -> None:
+    import shutil
+
+    for stage in ("generate", "integrity"):
+        shutil.rmtree(out / "shards" / stage / "00006")
+    (out / ".release.json").unlink()
+
+
+def test_resume_with_a_smaller_batch(manifest, reference, tmp_path, write_manifest):
+    """Lowering generator.batch_size (after a GPU OOM) is allowed on resume and changes no sample."""
+    import io
+    import shutil
+
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    out = shutil.copytree(reference, tmp_path / "out")
+    _unfinish_last_shard(out)
+    data = yaml.safe_load(manifest.read_text())
+    data["generator"]["batch_size"] = 1
+    smaller = tmp_path / "smaller.yaml"
+    smaller.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main([str(smaller), "--out", str(out), "--no-progress"]) == 0
+    expected, got = dataset_rows(reference), dataset_rows(out)
+    for split in expected:
+        for a, b in zip(got[split], expected[split], strict=True):
+            pixels = [np.asarray(Image.open(io.BytesIO(r["image"])), dtype=int) for r in (a, b)]
+            assert np.abs(pixels[0] - pixels[1]).max() <= 1, "float rounding across batch sizes only (measured: 1)"
+            assert {**a, "image": None} == {**b, "image": None}
+
+
+def test_changed_model_files_are_refused_before_any_work(tmp_path, tiny_model, write_manifest, capsys):
+    import shutil
+
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    model = shutil.copytree(tiny_model, tmp_path / "model")
+    manifest = write_manifest({"generator": {"model": str(model)}})
+    out = tmp_path / "out"
+    assert main([str(manifest), "--out", str(out), "--no-progress"]) == 0
+    for stage in ("generate", "integrity"):
+        shutil.rmtree(out / "shards" / stage / "00003")
+    pipe = StableDiffusionPipeline.from_pretrained(model, local_files_only=True)
+    with torch.no_grad():
+        pipe.unet.conv_out.bias += 0.1  # someone retrained or replaced the checkpoint
+    pipe.save_pretrained(model)
+    capsys.readouterr()
+    assert main([str(manifest), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "stage 'generate' is set up differently from the shards already in" in err
+    assert "weights_sha256" in err and "fix: resume where the same model files" in err
+    assert not (out / "shards" / "generate" / "00003").exists()
