@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .bpe import BOS, EOS, train_bpe
 from .labels import EXPRESSION_TEXT
+from .paths import cache_home
 
 TINY_VERSION = "v1"
 NATIVE_RESOLUTION = 64
@@ -30,11 +31,6 @@ photograph realistic skin eyes eyebrows raised lowered mouth open closed lips co
 cheeks nose wrinkled jaw dropped chin lid tightened brow inner outer glasses beard freckles
 smiling frowning blurry lowres cartoon drawing painting deformed
 """.split()
-
-
-def cache_home() -> Path:
-    """Where the tool caches what it builds (``FER_SYNTH_HOME``, default ~/.cache/fer-synth)."""
-    return Path(os.environ.get("FER_SYNTH_HOME") or Path.home() / ".cache" / "fer-synth")
 
 
 def tiny_model_dir() -> Path:
