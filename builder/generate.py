@@ -31,15 +31,22 @@ class GenerateStage(Stage):
     name = "generate"
     resources = Resources(cpus=1, gpus=1)
 
-    def __init__(self, spec: Generator):
+    def __init__(self, spec: Generator, au_names: tuple[str, ...] = ()):
         self.spec = spec
+        self.au_names = tuple(au_names)
         self.pipe = None
         self.provenance = None
+        self.adapter = None
+        self.adapter_provenance = None
 
     def setup(self) -> None:
         from .models import load_pipeline
 
         self.pipe, self.dtype, self.provenance = load_pipeline(self.spec)
+        if self.spec.au_adapter is not None:
+            from .au_adapter import attach_au_adapter
+
+            self.adapter, self.adapter_provenance = attach_au_adapter(self.pipe, self.spec.au_adapter, self.au_names)
 
     def meta(self) -> dict:
         if self.provenance is None:
@@ -48,6 +55,7 @@ class GenerateStage(Stage):
             "provenance": self.provenance.to_dict(),
             "dtype": str(self.dtype).removeprefix("torch."),
             "max_prompt_tokens": int(self.pipe.tokenizer.model_max_length),
+            "au_adapter": self.adapter_provenance,
         }
 
     def process(self, records: list[Record], ctx: ShardContext) -> Iterator[Record]:
@@ -74,11 +82,14 @@ class GenerateStage(Stage):
 
         spec = self.spec
         generators = [torch.Generator("cpu").manual_seed(r.seed) for r in batch]
-        negative = [r.negative_prompt for r in batch] if spec.guidance_scale > 1 else None
+        cfg = spec.guidance_scale > 1
+        negative = [r.negative_prompt for r in batch] if cfg else None
         with torch.inference_mode(), _explain_oom(len(batch), spec):
+            text = {"prompt": [r.prompt for r in batch], "negative_prompt": negative}
+            if self.adapter is not None:
+                text = self._au_conditioning(batch, cfg)
             out = self.pipe(
-                prompt=[r.prompt for r in batch],
-                negative_prompt=negative,
+                **text,
                 num_inference_steps=spec.steps,
                 guidance_scale=spec.guidance_scale,
                 height=spec.height,
@@ -87,6 +98,20 @@ class GenerateStage(Stage):
                 output_type="np",
             )
         return out.images
+
+    def _au_conditioning(self, batch: list[Record], cfg: bool) -> dict:
+        """Prompt embeddings with AU tokens appended: the sample's AUs, and all-zero AUs for the negative."""
+        import torch
+
+        device = self.pipe.unet.device
+        positive, negative = self.pipe.encode_prompt(
+            [r.prompt for r in batch], device, 1, cfg, negative_prompt=[r.negative_prompt for r in batch]
+        )
+        au = torch.tensor([r.au for r in batch], dtype=torch.float32)
+        out = {"prompt_embeds": self.adapter.condition(positive, au)}
+        if cfg:
+            out["negative_prompt_embeds"] = self.adapter.condition(negative, torch.zeros_like(au))
+        return out
 
 
 @contextmanager

@@ -219,6 +219,17 @@ class ActionUnits(_Strict):
         return self
 
 
+class AUAdapterSpec(_Strict):
+    """An AU adapter (``build-dataset train-au-adapter`` output) that conditions images on the AU vector."""
+
+    path: str = Field(min_length=1, description="Folder with au_adapter_config.json and au_adapter.safetensors.")
+    scale: float = Field(
+        default=1.0, ge=0, le=10,
+        description="Weight of the AU cross-attention relative to the text (au_scale); 0 gives exactly the "
+        "plain pipeline's image.",
+    )
+
+
 class Generator(_Strict):
     """The diffusion model and its sampling settings."""
 
@@ -257,6 +268,11 @@ class Generator(_Strict):
         pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",
         description="'auto' (first GPU if any, else CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'. "
         "Not part of the build's identity: a build may resume on another device.",
+    )
+    au_adapter: AUAdapterSpec | None = Field(
+        default=None,
+        description="Condition generation on each sample's AU vector through an AU adapter. Omit to generate "
+        "from the prompt alone (the 'au' column then records targets the images were not conditioned on).",
     )
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -120,9 +121,16 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     for part in loc:
         if model is None or not isinstance(part, str) or part not in model.model_fields:
             return None
-        annotation = model.model_fields[part].annotation
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        model = _model_in(model.model_fields[part].annotation)
     return model
+
+
+def _model_in(annotation) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation (``Model``, ``Model | None``), if any."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def _field_description(loc: tuple) -> str:

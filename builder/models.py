@@ -128,12 +128,12 @@ def weights_sha256(folder: Path) -> str:
     files = sorted(p for p in folder.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file())
     for path in files:
         real = path.resolve()
-        digest = real.name if real.parent.name == "blobs" and _SHA256.match(real.name) else _file_sha256(real)
+        digest = real.name if real.parent.name == "blobs" and _SHA256.match(real.name) else file_sha256(real)
         outer.update(f"{path.relative_to(folder).as_posix()}:{digest}\n".encode())
     return outer.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

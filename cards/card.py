@@ -23,6 +23,12 @@ def _table(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
+def _au_conditioning(adapter: dict | None) -> str:
+    if not adapter:
+        return "none: images follow the prompt only; `au` holds the targets drawn from the manifest"
+    return f"AU adapter `{adapter['path']}` (sha256 `{adapter['sha256'][:16]}…`), au_scale {adapter['scale']:g}"
+
+
 def render_card(manifest: Manifest, stats: dict, provenance: dict):
     """A ``huggingface_hub.DatasetCard`` for the build."""
     from huggingface_hub import DatasetCard, DatasetCardData
@@ -68,6 +74,7 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict):
         ["model licence", provenance.get("license") or "unknown: check it before publishing"],
         ["scheduler / steps / CFG", f"{manifest.generator.scheduler} / {manifest.generator.steps} / {manifest.generator.guidance_scale:g}"],
         ["resolution", f"{manifest.generator.width}x{manifest.generator.height}"],
+        ["AU conditioning", _au_conditioning(stats.get("au_adapter"))],
         ["global seed", manifest.seed],
         ["prompts truncated", f"{stats['prompts'].get('truncated', 0)} (text encoder limit "
                               f"{stats['prompts'].get('max_tokens', '?')} tokens, longest prompt "

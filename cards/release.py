@@ -68,7 +68,8 @@ def release(manifest: Manifest, root: Path, stages: list[str], fingerprint: str,
 
     provenance = generator_provenance(store, shards)
     kept = [rec for shard in shards for rec in store.kept(stages[-1], shard)]
-    prompts = prompt_stats(kept, store.stats("generate", 0)["meta"]["max_prompt_tokens"]) if shards else {}
+    generate_meta = store.stats("generate", 0)["meta"] if shards else {}
+    prompts = prompt_stats(kept, generate_meta["max_prompt_tokens"]) if shards else {}
     if prompts.get("truncated"):
         log(f"warning: {prompts['truncated']} prompts are longer than the text encoder's "
             f"{prompts['max_tokens']} tokens and were truncated (longest: {prompts['longest']})")
@@ -106,6 +107,7 @@ def release(manifest: Manifest, root: Path, stages: list[str], fingerprint: str,
             },
         },
         "generator": provenance,
+        "au_adapter": generate_meta.get("au_adapter"),
         "prompts": prompts,
     }
     stats["stages"]["release"] = {"in": len(kept), "kept": len(kept), "dropped": {},

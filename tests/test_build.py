@@ -62,6 +62,7 @@ def test_card_metadata_and_numbers_match_stats(demo_out):
     assert meta["size_categories"] == ["n<1K"]
     assert {"synthetic-data", "facial-expression-recognition"} <= set(meta["tags"])
     assert "These images are not faces" in card.text
+    assert "| AU conditioning | none: images follow the prompt only" in card.text
     assert stats["generator"]["weights_sha256"] in card.text
 
     rows = re.findall(r"^\| (\w+) \| (\d) \| (\d+) \| (\d+) \| (\d+) \| (\d+) \|$", card.text, re.M)

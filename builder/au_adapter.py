@@ -1,0 +1,223 @@
+"""The AU adapter: action-unit intensities -> conditioning tokens -> decoupled cross-attention.
+
+An MLP maps a sample's AU vector (FACS 0-5) to K tokens in the text encoder's
+embedding space. Every cross-attention layer of the frozen UNet gets its own
+key/value projections for those tokens (IP-Adapter style, initialised from the
+layer's text projections); its output is
+
+    text_attention(q, K_text, V_text) + au_scale * to_out(attention(q, K_au, V_au))
+
+The AU tokens travel concatenated after the 77 text tokens in
+``encoder_hidden_states``; each processor splits them off. The text part runs
+through the layer's original processor, so ``au_scale = 0`` (or no AU tokens)
+gives exactly the plain pipeline. Weights are saved as safetensors next to a
+JSON config.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ModelLoadError
+
+WEIGHTS_NAME = "au_adapter.safetensors"
+CONFIG_NAME = "au_adapter_config.json"
+AU_MAX = 5.0
+
+
+@dataclass
+class AUAdapterConfig:
+    """Shape of an adapter; saved as ``au_adapter_config.json``."""
+
+    au_names: list[str]
+    cross_attention_dim: int
+    layers: dict[str, int]  # attention module name -> its inner (hidden) size
+    num_tokens: int = 4
+    hidden_dim: int = 256
+    text_tokens: int = 77
+    format_version: int = 1
+    extra: dict = field(default_factory=dict)
+
+
+class AUEncoder(nn.Module):
+    """AU intensities (B, n_au) on the 0-5 scale -> (B, num_tokens, cross_attention_dim)."""
+
+    def __init__(self, n_au: int, num_tokens: int, hidden_dim: int, cross_attention_dim: int):
+        super().__init__()
+        self.num_tokens, self.dim = num_tokens, cross_attention_dim
+        self.mlp = nn.Sequential(nn.Linear(n_au, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, num_tokens * cross_attention_dim))
+        self.norm = nn.LayerNorm(cross_attention_dim)
+
+    def forward(self, au: torch.Tensor) -> torch.Tensor:
+        tokens = self.mlp(au / AU_MAX).view(au.shape[0], self.num_tokens, self.dim)
+        return self.norm(tokens)
+
+
+class AUAttnProcessor(nn.Module):
+    """Decoupled cross-attention for one UNet attention layer."""
+
+    def __init__(self, hidden_size: int, cross_attention_dim: int, num_tokens: int, text_tokens: int):
+        super().__init__()
+        self.to_k_au = nn.Linear(cross_attention_dim, hidden_size, bias=False)
+        self.to_v_au = nn.Linear(cross_attention_dim, hidden_size, bias=False)
+        self.num_tokens, self.text_tokens = num_tokens, text_tokens
+        self.scale = 1.0
+        self.base = None  # the layer's original processor, set on attach (not a parameter)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        length = encoder_hidden_states.shape[1]
+        if length == self.text_tokens:
+            return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        if length != self.text_tokens + self.num_tokens:
+            raise ValueError(f"expected {self.text_tokens} text tokens, optionally followed by {self.num_tokens} "
+                             f"AU tokens, got {length}")
+        text = encoder_hidden_states[:, : self.text_tokens]
+        au = encoder_hidden_states[:, self.text_tokens :]
+        out = self.base(attn, hidden_states, text, attention_mask, temb)
+        if self.scale == 0:
+            return out
+        batch, heads = hidden_states.shape[0], attn.heads
+        query = attn.to_q(hidden_states)
+        head_dim = query.shape[-1] // heads
+        split = lambda x: x.view(batch, -1, heads, head_dim).transpose(1, 2)  # noqa: E731
+        mixed = F.scaled_dot_product_attention(split(query), split(self.to_k_au(au)), split(self.to_v_au(au)))
+        mixed = mixed.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)
+        return out + self.scale * F.linear(mixed, attn.to_out[0].weight) / attn.rescale_output_factor
+
+
+class AUAdapter(nn.Module):
+    """The AU encoder plus one ``AUAttnProcessor`` per cross-attention layer of a UNet."""
+
+    def __init__(self, config: AUAdapterConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = AUEncoder(len(config.au_names), config.num_tokens, config.hidden_dim, config.cross_attention_dim)
+        self.processors = nn.ModuleDict({
+            _key(name): AUAttnProcessor(size, config.cross_attention_dim, config.num_tokens, config.text_tokens)
+            for name, size in config.layers.items()
+        })
+
+    # -- construction ---------------------------------------------------------
+    @classmethod
+    def for_unet(cls, unet, au_names: list[str], num_tokens: int = 4, hidden_dim: int = 256, text_tokens: int = 77,
+                 seed: int = 0) -> AUAdapter:
+        """A fresh adapter for ``unet``: random AU encoder, AU projections copied from the text ones."""
+        layers = {name: attn.to_k.out_features for name, attn in _cross_attention_layers(unet).items()}
+        if not layers:
+            raise ModelLoadError("the UNet has no cross-attention layers", fix="use a Stable Diffusion UNet")
+        cross_dim = unet.config.cross_attention_dim
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            adapter = cls(AUAdapterConfig(list(au_names), cross_dim, layers, num_tokens, hidden_dim, text_tokens))
+        for name, attn in _cross_attention_layers(unet).items():
+            proc = adapter.processors[_key(name)]
+            proc.to_k_au.weight.data.copy_(attn.to_k.weight.data.float())
+            proc.to_v_au.weight.data.copy_(attn.to_v.weight.data.float())
+        return adapter
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> AUAdapter:
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+        if not config_path.is_file() or not weights_path.is_file():
+            raise ModelLoadError(f"'{folder}' is not an AU adapter folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})",
+                                 fix="point generator.au_adapter.path at the output of `build-dataset train-au-adapter`")
+        try:
+            config = AUAdapterConfig(**json.loads(config_path.read_text()))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ModelLoadError(f"{config_path}: not a valid AU adapter config ({exc})",
+                                 fix="re-save the adapter with this version of the tool") from None
+        adapter = cls(config)
+        try:
+            adapter.load_state_dict(load_file(weights_path), strict=True)
+        except (RuntimeError, OSError) as exc:
+            raise ModelLoadError(f"{weights_path}: weights do not match its config ({str(exc).splitlines()[0]})",
+                                 fix="re-save the adapter; config and weights must come from the same run") from None
+        return adapter
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().float().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(tensors, folder / WEIGHTS_NAME, metadata={"format": "pt"})
+        (folder / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+
+    # -- use ------------------------------------------------------------------
+    def attach(self, unet) -> None:
+        """Install the AU processors on ``unet``'s cross-attention layers (the adapter must fit it)."""
+        layers = _cross_attention_layers(unet)
+        expected = {name: attn.to_k.out_features for name, attn in layers.items()}
+        if expected != self.config.layers or unet.config.cross_attention_dim != self.config.cross_attention_dim:
+            raise ModelLoadError("the AU adapter was made for another UNet (its cross-attention layers differ)",
+                                 fix="train the adapter on this generator with `build-dataset train-au-adapter`")
+        for name, attn in layers.items():
+            if attn.spatial_norm is not None or attn.group_norm is not None:
+                raise ModelLoadError(f"unsupported attention layer {name}", fix="use a Stable Diffusion 1.x/2.x UNet")
+            proc = self.processors[_key(name)]
+            if proc.base is None:
+                proc.__dict__["base"] = attn.processor  # a plain reference, never a submodule
+            attn.set_processor(proc)
+
+    def detach_from(self, unet) -> None:
+        """Put the original processors back."""
+        for name, attn in _cross_attention_layers(unet).items():
+            proc = attn.processor
+            if isinstance(proc, AUAttnProcessor):
+                attn.set_processor(proc.base)
+
+    def set_scale(self, scale: float) -> None:
+        for proc in self.processors.values():
+            proc.scale = float(scale)
+
+    def tokens(self, au: torch.Tensor) -> torch.Tensor:
+        """(B, n_au) intensities -> (B, num_tokens, dim) tokens, in the adapter's dtype and device."""
+        param = next(self.encoder.parameters())
+        return self.encoder(au.to(device=param.device, dtype=param.dtype))
+
+    def condition(self, text_embeds: torch.Tensor, au: torch.Tensor) -> torch.Tensor:
+        """Text embeddings (B, 77, D) with the AU tokens of ``au`` appended."""
+        return torch.cat([text_embeds, self.tokens(au).to(text_embeds.dtype)], dim=1)
+
+
+def attach_au_adapter(pipe, spec, au_names: tuple[str, ...]) -> tuple[AUAdapter, dict]:
+    """Load ``spec`` (a manifest ``AUAdapterSpec``), check it fits the manifest and the pipeline, attach it.
+
+    Returns the adapter and its provenance (path, sha256 of the weights, scale).
+    """
+    from .models import file_sha256
+
+    adapter = AUAdapter.from_pretrained(spec.path)
+    if tuple(adapter.config.au_names) != tuple(au_names):
+        raise ModelLoadError(
+            f"the AU adapter in '{spec.path}' reads AUs {', '.join(adapter.config.au_names)}, but the manifest's "
+            f"AU set is {', '.join(au_names)}",
+            fix="set aus.au_set to the adapter's AU set, or train an adapter for this AU set",
+        )
+    if adapter.config.text_tokens != pipe.tokenizer.model_max_length:
+        raise ModelLoadError(f"the AU adapter expects {adapter.config.text_tokens} text tokens, the pipeline "
+                             f"uses {pipe.tokenizer.model_max_length}", fix="train the adapter on this generator")
+    adapter.to(device=pipe.unet.device, dtype=pipe.unet.dtype).eval().requires_grad_(False)
+    adapter.attach(pipe.unet)
+    adapter.set_scale(spec.scale)
+    return adapter, {"path": str(spec.path), "sha256": file_sha256(Path(spec.path) / WEIGHTS_NAME), "scale": spec.scale}
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+def _cross_attention_layers(unet) -> dict:
+    """Attention module name -> module, for every cross-attention (attn2) layer, in a fixed order."""
+    from diffusers.models.attention_processor import Attention
+
+    return {name: mod for name, mod in unet.named_modules()
+            if isinstance(mod, Attention) and name.endswith("attn2") and mod.is_cross_attention}

@@ -1,0 +1,114 @@
+"""The AU adapter on the real tiny pipeline: exactness at scale 0, AU control, save/load, fit checks."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from builder.au_adapter import CONFIG_NAME, AUAdapter
+from builder.aus import AU_SETS
+from builder.cli import main
+from builder.errors import ModelLoadError
+from builder.expand import shard_specs
+from builder.generate import GenerateStage
+from builder.manifest import AUAdapterSpec
+from builder.manifest_loader import load_manifest
+from tests.conftest import DEMO
+
+DISFA = list(AU_SETS["disfa12"])
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_manifest(DEMO)
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory, tiny_model):
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_model / "unet", local_files_only=True)
+    folder = tmp_path_factory.mktemp("adapter") / "au-adapter"
+    AUAdapter.for_unet(unet, DISFA, num_tokens=4, hidden_dim=64, seed=3).save_pretrained(folder)
+    return folder
+
+
+def stage(demo, adapter=None, scale=1.0, au_names=None):
+    spec = demo.generator.model_copy(update={"au_adapter": AUAdapterSpec(path=str(adapter), scale=scale) if adapter else None})
+    s = GenerateStage(spec, tuple(au_names or demo.aus.names))
+    s.setup()
+    return s
+
+
+def test_scale_zero_is_exactly_the_plain_pipeline(demo, adapter_dir):
+    records = shard_specs(demo, 0)[:3]
+    plain = stage(demo).generate(records)
+    assert np.array_equal(stage(demo, adapter_dir, scale=0.0).generate(records), plain)
+    assert np.abs(stage(demo, adapter_dir, scale=1.0).generate(records) - plain).mean() > 1e-3
+
+
+def test_different_au_vectors_give_different_images(demo, adapter_dir):
+    s = stage(demo, adapter_dir)
+    a = shard_specs(demo, 0)[1]  # a happy sample
+    b = shard_specs(demo, 0)[1]
+    b.au = [0.0] * len(b.au)
+    b.au[DISFA.index("AU4")] = 4.0  # brow lowerer instead of a smile
+    ia, ib = s.generate([a])[0], s.generate([b])[0]
+    assert np.abs(ia - ib).mean() > 1e-3
+    assert np.array_equal(ia, s.generate([a])[0]), "same AU vector, same seed: same image"
+
+
+def test_save_and_load_give_identical_images(demo, adapter_dir, tmp_path):
+    again = tmp_path / "copy"
+    AUAdapter.from_pretrained(adapter_dir).save_pretrained(again)
+    records = shard_specs(demo, 2)[:2]
+    assert np.array_equal(stage(demo, adapter_dir).generate(records), stage(demo, again).generate(records))
+    assert (again / "au_adapter.safetensors").read_bytes() == (adapter_dir / "au_adapter.safetensors").read_bytes()
+
+
+def test_adapter_must_match_the_manifest_au_set(demo, adapter_dir):
+    with pytest.raises(ModelLoadError, match="the manifest's AU set is AU1, AU2, AU4, AU6"):
+        stage(demo, adapter_dir, au_names=AU_SETS["disfa8"])
+
+
+def test_adapter_for_another_unet_is_refused(demo, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    other = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=32,
+                                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                 attention_head_dim=8, norm_num_groups=32)
+    AUAdapter.for_unet(other, DISFA).save_pretrained(tmp_path / "other")
+    with pytest.raises(ModelLoadError, match="made for another UNet"):
+        stage(demo, tmp_path / "other")
+
+
+def test_not_an_adapter_folder(demo, tmp_path):
+    with pytest.raises(ModelLoadError, match="is not an AU adapter folder"):
+        stage(demo, tmp_path)
+    (tmp_path / CONFIG_NAME).write_text("{not json")
+    (tmp_path / "au_adapter.safetensors").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="not a valid AU adapter config"):
+        stage(demo, tmp_path)
+
+
+def test_opengraphau_41_adapter(tiny_model):
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_model / "unet", local_files_only=True)
+    adapter = AUAdapter.for_unet(unet, list(AU_SETS["opengraphau41"]))
+    tokens = adapter.tokens(torch.rand(2, 41) * 5)
+    assert tokens.shape == (2, 4, unet.config.cross_attention_dim)
+
+
+def test_build_with_an_adapter_records_it(adapter_dir, write_manifest, tmp_path):
+    manifest = write_manifest({"name": "au", "labels": {"counts": {"happy": 2, "anger": 2}},
+                               "generator": {"au_adapter": {"path": str(adapter_dir), "scale": 0.8}}})
+    out = tmp_path / "out"
+    assert main([str(manifest), "--out", str(out), "--no-progress"]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["au_adapter"]["path"] == str(adapter_dir) and stats["au_adapter"]["scale"] == 0.8
+    assert len(stats["au_adapter"]["sha256"]) == 64
+    assert f"AU adapter `{adapter_dir}`" in (out / "README.md").read_text()
