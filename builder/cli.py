@@ -4,7 +4,7 @@ Main form::
 
     build-dataset MANIFEST [--out DIR] [--dry-run [--json]] [--no-progress]
 
-Subcommands: ``validate MANIFEST``, ``schema [--check|--write]``.
+Subcommands: ``validate MANIFEST``, ``schema [--check|--write]``, ``train-au-adapter CONFIG``.
 Bad input exits with code 2 and one message that names the file, the field
 and the fix; an interrupted build exits 130 and resumes on the next run.
 """
@@ -18,14 +18,15 @@ from pathlib import Path
 from . import __version__
 from .errors import UserError
 
-SUBCOMMANDS = ("validate", "schema")
+SUBCOMMANDS = ("validate", "schema", "train-au-adapter")
 
 
 def _build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="build-dataset",
         description="Build a synthetic facial-expression dataset from a synthesis manifest. "
-        "Other commands: 'build-dataset validate MANIFEST', 'build-dataset schema'.",
+        "Other commands: 'build-dataset validate MANIFEST', 'build-dataset schema', "
+        "'build-dataset train-au-adapter CONFIG'.",
     )
     p.add_argument("manifest", type=Path, help="synthesis manifest (YAML)")
     p.add_argument("--out", type=Path, help="build folder (default: out/<manifest name>); rerun to resume")
@@ -44,7 +45,7 @@ def _validate_parser() -> argparse.ArgumentParser:
 
 def _schema_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="build-dataset schema",
-                                description="Print the manifest JSON schema, or write/check manifests/schema.json.")
+                                description="Print the manifest JSON schema, or write/check the schemas in manifests/.")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--write", action="store_true", help="write manifests/schema.json")
     g.add_argument("--check", action="store_true", help="exit 1 if manifests/schema.json is stale")
@@ -55,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] in SUBCOMMANDS:
-            return {"validate": _cmd_validate, "schema": _cmd_schema}[argv[0]](argv[1:])
+            commands = {"validate": _cmd_validate, "schema": _cmd_schema, "train-au-adapter": _cmd_train_au_adapter}
+            return commands[argv[0]](argv[1:])
         return _cmd_build(_build_parser().parse_args(argv))
     except UserError as exc:
         print(f"error: {exc.render()}", file=sys.stderr)
@@ -106,22 +108,43 @@ def _cmd_validate(argv: list[str]) -> int:
     return 0
 
 
+def _cmd_train_au_adapter(argv: list[str]) -> int:
+    from .manifest_loader import load_manifest
+    from .train_config import TrainConfig
+
+    p = argparse.ArgumentParser(prog="build-dataset train-au-adapter",
+                                description="Train an AU adapter on a frozen generator; rerun to resume.")
+    p.add_argument("config", type=Path, help="training config (YAML); see manifests/train-au-adapter-demo.yaml")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    config = load_manifest(args.config, model=TrainConfig)
+    _quiet_libraries(progress=not args.no_progress)
+    from .train_adapter import train_au_adapter
+
+    train_au_adapter(config, source=str(args.config), progress=not args.no_progress, log=_log)
+    return 0
+
+
 def _cmd_schema(argv: list[str]) -> int:
-    from .schema import SCHEMA_PATH, schema_text
+    from .schema import SCHEMAS, schema_text
 
     args = _schema_parser().parse_args(argv)
-    text = schema_text()
-    if args.write:
-        SCHEMA_PATH.write_text(text)
-        print(f"wrote {SCHEMA_PATH}")
-    elif args.check:
-        if not SCHEMA_PATH.exists() or SCHEMA_PATH.read_text() != text:
-            print(f"{SCHEMA_PATH} is stale: run `build-dataset schema --write`", file=sys.stderr)
-            return 1
-        print(f"{SCHEMA_PATH} is current")
-    else:
-        sys.stdout.write(text)
-    return 0
+    if not (args.write or args.check):
+        sys.stdout.write(schema_text())
+        return 0
+    stale = 0
+    for path, (model, title) in SCHEMAS.items():
+        text = schema_text(model, title)
+        if args.write:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path}")
+        elif not path.exists() or path.read_text() != text:
+            print(f"{path} is stale: run `build-dataset schema --write`", file=sys.stderr)
+            stale = 1
+        else:
+            print(f"{path} is current")
+    return stale
 
 
 def _quiet_libraries(progress: bool) -> None:

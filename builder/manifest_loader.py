@@ -13,8 +13,8 @@ from .errors import ManifestError
 from .manifest import Manifest
 
 
-def load_manifest(path: str | Path) -> Manifest:
-    """Parse and validate ``path``; raise ``ManifestError`` naming the file, field and fix."""
+def load_manifest(path: str | Path, model: type[BaseModel] = Manifest):
+    """Parse and validate ``path`` as ``model``; raise ``ManifestError`` naming the file, field and fix."""
     path = Path(path)
     shown = str(path)
     if not path.exists():
@@ -27,10 +27,10 @@ def load_manifest(path: str | Path) -> Manifest:
     except UnicodeDecodeError as exc:
         raise ManifestError(f"is not UTF-8 text (byte {exc.start})", file=shown,
                             fix="save the manifest as UTF-8 YAML") from None
-    return parse_manifest(text, source=shown)
+    return parse_manifest(text, source=shown, model=model)
 
 
-def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
+def parse_manifest(text: str, source: str = "<manifest>", model: type[BaseModel] = Manifest):
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -45,16 +45,16 @@ def parse_manifest(text: str, source: str = "<manifest>") -> Manifest:
         raise ManifestError(f"must be a YAML mapping at the top level, found {type(data).__name__}",
                             file=source, fix="start from manifests/demo.yaml")
     try:
-        return Manifest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         lines = _line_index(text)
-        messages = [_describe(err, lines) for err in exc.errors()]
+        messages = [_describe(err, lines, model) for err in exc.errors()]
         first = messages[0]
         extra = "".join(f"\n  also: {m[0]} (fix: {m[1]})" for m in messages[1:])
         raise ManifestError(first[0] + extra, file=source, fix=first[1]) from None
 
 
-def _describe(err: dict[str, Any], lines: dict[tuple, int]) -> tuple[str, str]:
+def _describe(err: dict[str, Any], lines: dict[tuple, int], root: type[BaseModel]) -> tuple[str, str]:
     """(message, fix) for one pydantic error."""
     kind = err["type"]
     ctx = err.get("ctx") or {}
@@ -67,17 +67,17 @@ def _describe(err: dict[str, Any], lines: dict[tuple, int]) -> tuple[str, str]:
     shown_value = "" if kind in ("missing", "extra_forbidden") or isinstance(value, dict) else f" (got {value!r})"
 
     if kind == "extra_forbidden":
-        parent = _model_at(loc[:-1])
+        parent = _model_at(loc[:-1], root)
         allowed = sorted(parent.model_fields) if parent else []
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
         return (f"{where}: unknown key",
                 f"{hint}remove it; keys allowed here: {', '.join(allowed) or 'none'}")
     if kind == "missing":
-        return f"{where}: required field is missing", f"add '{loc[-1]}': {_field_description(loc)}"
+        return f"{where}: required field is missing", f"add '{loc[-1]}': {_field_description(loc, root)}"
     if "fix" in ctx:
         return f"{where}: {err['msg']}{shown_value}", str(ctx["fix"])
-    return f"{where}: {err['msg']}{shown_value}", f"{_generic_fix(kind, ctx, field_path)} ({_field_description(loc)})"
+    return f"{where}: {err['msg']}{shown_value}", f"{_generic_fix(kind, ctx, field_path)} ({_field_description(loc, root)})"
 
 
 def _generic_fix(kind: str, ctx: dict, field_path: str) -> str:
@@ -116,8 +116,8 @@ def _clean_loc(loc: tuple) -> tuple:
     return tuple(p for p in loc if not (isinstance(p, str) and (p in markers or "[" in p)))
 
 
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = Manifest
+def _model_at(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = root
     for part in loc:
         if model is None or not isinstance(part, str) or part not in model.model_fields:
             return None
@@ -133,10 +133,10 @@ def _model_in(annotation) -> type[BaseModel] | None:
     return None
 
 
-def _field_description(loc: tuple) -> str:
+def _field_description(loc: tuple, root: type[BaseModel]) -> str:
     """The schema description of the field at ``loc`` (or its nearest described parent)."""
     for cut in range(len(loc), 0, -1):
-        parent = _model_at(loc[: cut - 1])
+        parent = _model_at(loc[: cut - 1], root)
         name = loc[cut - 1]
         if parent is not None and isinstance(name, str) and name in parent.model_fields:
             return parent.model_fields[name].description or "see manifests/schema.json"

@@ -155,14 +155,21 @@ def _read_license(folder: Path, model: str) -> str | None:
         return None
 
 
-def load_pipeline(spec: Generator):
-    """(pipeline on its device, resolved torch dtype, Provenance) for a manifest's generator section."""
+def quiet_loading() -> None:
+    """No per-component progress bars while loading (the tool shows its own progress)."""
     import diffusers
     import transformers
-    from diffusers import StableDiffusionPipeline
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+
+
+def load_pipeline(spec: Generator):
+    """(pipeline on its device, resolved torch dtype, Provenance) for a manifest's generator section."""
+    import diffusers
+    from diffusers import StableDiffusionPipeline
+
+    quiet_loading()
 
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)

@@ -6,11 +6,19 @@ from pathlib import Path
 
 from .manifest import Manifest
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "manifests" / "schema.json"
+from .train_config import TrainConfig
+
+MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
+SCHEMA_PATH = MANIFESTS / "schema.json"
+# file -> (model, title) of every generated schema
+SCHEMAS = {
+    SCHEMA_PATH: (Manifest, "fer-synth synthesis manifest"),
+    MANIFESTS / "train" / "schema.json": (TrainConfig, "fer-synth train-au-adapter config"),
+}
 
 
-def schema_text() -> str:
-    schema = Manifest.model_json_schema()
+def schema_text(model=Manifest, title: str = "fer-synth synthesis manifest") -> str:
+    schema = model.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "fer-synth synthesis manifest"
+    schema["title"] = title
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,117 @@
+"""Training examples for the AU adapter: (image, caption, AU vector), from a dataset or an image folder.
+
+Unreadable images and malformed metadata lines are counted under a reason and
+skipped; a source with no usable example is an error.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from .errors import UserError
+from .train_config import TrainData
+
+
+class TrainExamples:
+    """Random access to examples; images are decoded on access."""
+
+    def __init__(self, data: TrainData, au_names: tuple[str, ...], source: str):
+        self.au_names = au_names
+        self.skipped: Counter[str] = Counter()
+        if data.dataset is not None:
+            self._from_dataset(data, source)
+        else:
+            self._from_folder(data, source)
+        if not self.items:
+            raise UserError(f"no usable training example (skipped: {dict(self.skipped) or 'none'})", file=source,
+                            fix="check data.dataset / data.image_folder and the metadata")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        """(RGB PIL image, caption, AU list) of example ``i``."""
+        from PIL import Image
+
+        image, caption, au = self.items[i]
+        if isinstance(image, (str, Path)):
+            with Image.open(image) as im:
+                image = im.convert("RGB")
+        return image.convert("RGB"), caption, au
+
+    def _from_dataset(self, data: TrainData, source: str) -> None:
+        from datasets import DatasetDict, load_from_disk
+
+        path = Path(data.dataset)
+        if not path.exists():
+            raise UserError(f"data.dataset '{path}' does not exist", file=source,
+                            fix="give a folder written by datasets' save_to_disk")
+        ds = load_from_disk(str(path))
+        if isinstance(ds, DatasetDict):
+            if data.split not in ds:
+                raise UserError(f"data.split '{data.split}' is not in {path} (splits: {', '.join(ds)})", file=source,
+                                fix="set data.split to one of the dataset's splits")
+            ds = ds[data.split]
+        for field, column in (("image_column", data.image_column), ("caption_column", data.caption_column),
+                              ("au_column", data.au_column)):
+            if column not in ds.column_names:
+                raise UserError(f"data.{field} '{column}' is not a column of {path}", file=source,
+                                fix=f"use one of: {', '.join(ds.column_names)}")
+        self.items = []
+        for row in ds:
+            au = self._au(row[data.au_column])
+            if au is None:
+                self.skipped["bad_au"] += 1
+                continue
+            self.items.append((row[data.image_column], row[data.caption_column] or "", au))
+
+    def _from_folder(self, data: TrainData, source: str) -> None:
+        folder = Path(data.image_folder)
+        meta = folder / data.metadata
+        if not meta.is_file():
+            raise UserError(f"'{meta}' does not exist", file=source,
+                            fix="put a metadata.jsonl next to the images (one JSON object per line)")
+        self.items = []
+        for line in meta.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                image, caption, au = folder / entry["file_name"], str(entry.get("caption", "")), self._au(entry["au"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                self.skipped["bad_metadata"] += 1
+                continue
+            if au is None:
+                self.skipped["bad_au"] += 1
+            elif not image.is_file():
+                self.skipped["missing_image"] += 1
+            elif not _readable(image):
+                self.skipped["unreadable_image"] += 1
+            else:
+                self.items.append((image, caption, au))
+
+    def _au(self, value) -> list[float] | None:
+        """An AU vector in the AU set's order, from a list or a {name: intensity} mapping; None if invalid."""
+        if isinstance(value, dict):
+            if not set(value) <= set(self.au_names):
+                return None
+            value = [float(value.get(name, 0.0)) for name in self.au_names]
+        if not isinstance(value, (list, tuple)) or len(value) != len(self.au_names):
+            return None
+        try:
+            vector = [float(v) for v in value]
+        except (TypeError, ValueError):
+            return None
+        return vector if all(0.0 <= v <= 5.0 for v in vector) else None
+
+
+def _readable(path: Path) -> bool:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return False
