@@ -4,7 +4,8 @@ Main form::
 
     build-dataset MANIFEST [--out DIR] [--dry-run [--json]] [--no-progress]
 
-Subcommands: ``validate MANIFEST``, ``schema [--check|--write]``, ``train-au-adapter CONFIG``.
+Subcommands: ``validate MANIFEST``, ``schema [--check|--write]``, ``train-au-adapter CONFIG``,
+``models list``, ``models fetch NAME``.
 Bad input exits with code 2 and one message that names the file, the field
 and the fix; an interrupted build exits 130 and resumes on the next run.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 from . import __version__
 from .errors import UserError
 
-SUBCOMMANDS = ("validate", "schema", "train-au-adapter")
+SUBCOMMANDS = ("validate", "schema", "train-au-adapter", "models")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -26,7 +27,7 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="build-dataset",
         description="Build a synthetic facial-expression dataset from a synthesis manifest. "
         "Other commands: 'build-dataset validate MANIFEST', 'build-dataset schema', "
-        "'build-dataset train-au-adapter CONFIG'.",
+        "'build-dataset train-au-adapter CONFIG', 'build-dataset models list|fetch NAME'.",
     )
     p.add_argument("manifest", type=Path, help="synthesis manifest (YAML)")
     p.add_argument("--out", type=Path, help="build folder (default: out/<manifest name>); rerun to resume")
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] in SUBCOMMANDS:
-            commands = {"validate": _cmd_validate, "schema": _cmd_schema, "train-au-adapter": _cmd_train_au_adapter}
+            commands = {"validate": _cmd_validate, "schema": _cmd_schema, "train-au-adapter": _cmd_train_au_adapter,
+                        "models": _cmd_models}
             return commands[argv[0]](argv[1:])
         return _cmd_build(_build_parser().parse_args(argv))
     except UserError as exc:
@@ -122,6 +124,24 @@ def _cmd_train_au_adapter(argv: list[str]) -> int:
     from .train_adapter import train_au_adapter
 
     train_au_adapter(config, source=str(args.config), progress=not args.no_progress, log=_log)
+    return 0
+
+
+def _cmd_models(argv: list[str]) -> int:
+    from .store import describe, fetch
+
+    p = argparse.ArgumentParser(prog="build-dataset models", description="The models the tool uses.")
+    sub = p.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="every registered model: source, sha256, licence, whether it is cached")
+    get = sub.add_parser("fetch", help="download (or build) a model, check its sha256, cache it")
+    get.add_argument("name")
+    args = p.parse_args(argv)
+    if args.action == "list":
+        for row in describe():
+            print(f"{row['name']}  [{row['kind']}]  {row['license']}  {row['status']}\n"
+                  f"    source: {row['source']}\n    sha256: {row['sha256']}\n    {row['description']}")
+        return 0
+    print(fetch(args.name))
     return 0
 
 

@@ -1,0 +1,112 @@
+"""Facial-expression classifiers used as guides: a differentiable torch wrapper.
+
+``FERClassifier`` takes RGB images in [0, 1] shaped (B, 3, H, W) on any
+device and dtype, and everything from pixels to logits is differentiable, so
+its gradients can steer diffusion sampling. Importing this package imports
+torch; ``import builder`` does not import it.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..labels import LABEL_MAPS, canonical
+from .mini_xception import INPUT_SIZE, MiniXception
+
+__all__ = ["FERClassifier", "MiniXception", "align_labels", "GRAY_WEIGHTS"]
+
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+"""ITU-R BT.601 luma weights for R, G, B."""
+
+
+def align_labels(source: Sequence[str], target: Sequence[str]) -> tuple[list[int | None], tuple[str, ...]]:
+    """For each target class, the index of the source class with the same canonical emotion.
+
+    Returns (indices, missing): ``indices[j]`` is the source index for target
+    class ``j`` or None, and ``missing`` names the target classes the source
+    lacks (e.g. ``("contempt",)`` from fer2013 to affectnet8).
+    """
+    where = {canonical(name): i for i, name in enumerate(source)}
+    indices = [where.get(canonical(name)) for name in target]
+    return indices, tuple(name for name, i in zip(target, indices) if i is None)
+
+
+class FERClassifier(nn.Module):
+    """A frozen expression classifier with its label order and its own preprocessing.
+
+    ``module`` maps (B, 1, 64, 64) grayscale in [-1, 1] to logits; ``labels``
+    names its classes in index order (default: FER2013 order). Parameters are
+    frozen (``requires_grad=False``) and the module is in eval mode: gradients
+    flow to the input images only.
+    """
+
+    def __init__(self, module: nn.Module, labels: Sequence[str] = LABEL_MAPS["fer2013"],
+                 input_size: int = INPUT_SIZE):
+        super().__init__()
+        labels = tuple(labels)
+        for name in labels:
+            canonical(name)  # KeyError for a name no label map knows
+        num = getattr(module, "num_classes", len(labels))
+        if num != len(labels):
+            raise ValueError(f"{len(labels)} labels for a model with {num} classes")
+        self.module = module.eval().requires_grad_(False)
+        self.labels = labels
+        self.input_size = input_size
+        self.eval()
+
+    def train(self, mode: bool = True) -> FERClassifier:
+        """Keep the classifier in eval mode (BatchNorm uses its running statistics)."""
+        return super().train(False)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB (B, 3, H, W) or gray (B, 1, H, W) in [0, 1] -> model input (B, 1, 64, 64) in [-1, 1].
+
+        Grayscale with ITU-R 601 weights, bilinear antialiased resize to
+        ``input_size`` when needed, then (x - 0.5) * 2. Differentiable; keeps
+        the input's device and dtype.
+        """
+        if images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"expected images shaped (B, 3, H, W) or (B, 1, H, W), got {tuple(images.shape)}")
+        if images.shape[1] == 3:
+            w = torch.tensor(GRAY_WEIGHTS, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+            images = (images * w).sum(dim=1, keepdim=True)
+        if tuple(images.shape[-2:]) != (self.input_size, self.input_size):
+            images = F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear",
+                                   align_corners=False, antialias=True)
+        return (images - 0.5) * 2
+
+    def _param_dtype(self) -> torch.dtype:
+        return next(self.module.parameters()).dtype
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (B, len(labels)) for RGB images in [0, 1], in the classifier's dtype."""
+        return self.module(self.preprocess(images).to(self._param_dtype()))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Same as ``logits``."""
+        return self.logits(images)
+
+    def probs(self, images: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities (B, len(labels)) for RGB images in [0, 1]."""
+        return torch.softmax(self.logits(images), dim=-1)
+
+    def probs_for(self, images: torch.Tensor, target: Sequence[str]) -> tuple[torch.Tensor, tuple[str, ...]]:
+        """Probabilities in another label order, matched by canonical emotion name.
+
+        Returns (probs (B, len(target)), missing): target classes this model
+        lacks get probability 0 and are named in ``missing``; mass on model
+        classes absent from ``target`` is dropped (rows then sum below 1).
+        """
+        return self.map_probs(self.probs(images), target)
+
+    def map_probs(self, probs: torch.Tensor, target: Sequence[str]) -> tuple[torch.Tensor, tuple[str, ...]]:
+        """Reorder (B, len(labels)) probabilities onto ``target``; see ``probs_for``."""
+        indices, missing = align_labels(self.labels, target)
+        out = probs.new_zeros(probs.shape[0], len(indices))
+        present = [j for j, i in enumerate(indices) if i is not None]
+        if present:
+            out[:, present] = probs[:, [indices[j] for j in present]]
+        return out, missing
