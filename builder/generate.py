@@ -31,13 +31,17 @@ class GenerateStage(Stage):
     name = "generate"
     resources = Resources(cpus=1, gpus=1)
 
-    def __init__(self, spec: Generator, au_names: tuple[str, ...] = ()):
+    def __init__(self, spec: Generator, au_names: tuple[str, ...] = (), label_names: tuple[str, ...] = ()):
         self.spec = spec
         self.au_names = tuple(au_names)
+        self.label_names = tuple(label_names)
         self.pipe = None
         self.provenance = None
         self.adapter = None
         self.adapter_provenance = None
+        self.guide = None
+        self.guide_provenance = None
+        self.guide_targets: dict[int, int | None] = {}
 
     def setup(self) -> None:
         from .models import load_pipeline
@@ -47,6 +51,21 @@ class GenerateStage(Stage):
             from .au_adapter import attach_au_adapter
 
             self.adapter, self.adapter_provenance = attach_au_adapter(self.pipe, self.spec.au_adapter, self.au_names)
+        if self.spec.guidance is not None:
+            self._setup_guide()
+
+    def _setup_guide(self) -> None:
+        from .fer import align_labels
+        from .store import load_fer_classifier, model_sha256
+
+        g = self.spec.guidance
+        self.guide = load_fer_classifier(g.classifier).to(self.pipe.unet.device)
+        indices, missing = align_labels(self.guide.labels, self.label_names)
+        self.guide_targets = dict(enumerate(indices))
+        self.guide_provenance = {"classifier": g.classifier, "sha256": model_sha256(g.classifier),
+                                 "labels": list(self.guide.labels), "unguided_classes": list(missing),
+                                 "scale": g.scale, "wrt": g.wrt, "start_step": g.start_step,
+                                 "end_step": g.end_step if g.end_step is not None else self.spec.steps}
 
     def meta(self) -> dict:
         if self.provenance is None:
@@ -56,6 +75,7 @@ class GenerateStage(Stage):
             "dtype": str(self.dtype).removeprefix("torch."),
             "max_prompt_tokens": int(self.pipe.tokenizer.model_max_length),
             "au_adapter": self.adapter_provenance,
+            "guidance": self.guide_provenance,
         }
 
     def process(self, records: list[Record], ctx: ShardContext) -> Iterator[Record]:
@@ -84,6 +104,8 @@ class GenerateStage(Stage):
         generators = [torch.Generator("cpu").manual_seed(r.seed) for r in batch]
         cfg = spec.guidance_scale > 1
         negative = [r.negative_prompt for r in batch] if cfg else None
+        if self.guide is not None:
+            return self._guided(batch, generators, cfg)
         with torch.inference_mode(), _explain_oom(len(batch), spec):
             text = {"prompt": [r.prompt for r in batch], "negative_prompt": negative}
             if self.adapter is not None:
@@ -98,6 +120,27 @@ class GenerateStage(Stage):
                 output_type="np",
             )
         return out.images
+
+    def _guided(self, batch: list[Record], generators, cfg: bool):
+        import torch
+
+        from .guidance import guided_sample
+
+        spec, g = self.spec, self.spec.guidance
+        with torch.no_grad(), _explain_oom(len(batch), spec):
+            device = self.pipe.unet.device
+            cond, uncond = self.pipe.encode_prompt([r.prompt for r in batch], device, 1, cfg,
+                                                   negative_prompt=[r.negative_prompt for r in batch])
+            if self.adapter is not None:
+                au = torch.tensor([r.au for r in batch], dtype=torch.float32)
+                cond = self.adapter.condition(cond, au)
+                uncond = self.adapter.condition(uncond, torch.zeros_like(au)) if cfg else None
+            images = guided_sample(
+                self.pipe, cond, uncond if cfg else None, generators, steps=spec.steps, cfg_scale=spec.guidance_scale,
+                height=spec.height, width=spec.width, guide=self.guide,
+                targets=[self.guide_targets.get(r.label) for r in batch], scale=g.scale, start=g.start_step,
+                end=g.end_step if g.end_step is not None else spec.steps, wrt=g.wrt)
+        return images.numpy()
 
     def _au_conditioning(self, batch: list[Record], cfg: bool) -> dict:
         """Prompt embeddings with AU tokens appended: the sample's AUs, and all-zero AUs for the negative."""

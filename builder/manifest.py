@@ -230,6 +230,24 @@ class AUAdapterSpec(_Strict):
     )
 
 
+class Guidance(_Strict):
+    """Semantic guidance (SynFER): a FER classifier's gradient steers denoising towards the target class."""
+
+    classifier: str = Field(
+        default="mini-xception-fer2013",
+        min_length=1,
+        description="Guide model: a name from the model registry (`build-dataset models list`) or a local "
+        "mini-Xception .hdf5 file. Its label order is mapped to the manifest's by emotion name.",
+    )
+    scale: float = Field(default=0.1, gt=0, le=100, description="Step size lambda of the normalised update.")
+    start_step: int = Field(default=0, ge=0, description="First guided denoising step (0-based).")
+    end_step: int | None = Field(default=None, ge=1, description="Guided steps stop before this one; "
+                                 "default: the last step.")
+    wrt: Literal["text", "latents"] = Field(
+        default="text", description="Update the text conditioning (SynFER) or the latents with the gradient."
+    )
+
+
 class Generator(_Strict):
     """The diffusion model and its sampling settings."""
 
@@ -274,6 +292,21 @@ class Generator(_Strict):
         description="Condition generation on each sample's AU vector through an AU adapter. Omit to generate "
         "from the prompt alone (the 'au' column then records targets the images were not conditioned on).",
     )
+    guidance: Guidance | None = Field(
+        default=None, description="Semantic guidance by a FER classifier during denoising; omit to turn it off."
+    )
+
+    @model_validator(mode="after")
+    def _guidance_window(self) -> Generator:
+        g = self.guidance
+        if g is not None:
+            end = g.end_step if g.end_step is not None else self.steps
+            if not g.start_step < end <= self.steps:
+                raise _fail("guidance_window",
+                            "guidance steps {start}..{end} do not fit in {steps} denoising steps",
+                            "choose 0 <= guidance.start_step < guidance.end_step <= generator.steps",
+                            at="guidance", start=g.start_step, end=end, steps=self.steps)
+        return self
 
 
 class Integrity(_Strict):

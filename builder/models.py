@@ -194,6 +194,8 @@ def load_pipeline(spec: Generator):
     if spec.scheduler != "default":
         pipe.scheduler = getattr(diffusers, SCHEDULERS[spec.scheduler]).from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
+    for component in (pipe.unet, pipe.vae, pipe.text_encoder):
+        component.requires_grad_(False)  # frozen: guidance differentiates inputs, never weights
     pipe = pipe.to(device)
     provenance = Provenance(
         model=spec.model, revision=revision, weights_sha256=weights_sha256(folder), license=_read_license(folder, spec.model)

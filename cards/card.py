@@ -29,6 +29,15 @@ def _au_conditioning(adapter: dict | None) -> str:
     return f"AU adapter `{adapter['path']}` (sha256 `{adapter['sha256'][:16]}…`), au_scale {adapter['scale']:g}"
 
 
+def _guidance(g: dict | None) -> str:
+    if not g:
+        return "none"
+    unguided = f"; not guided (unknown to the guide): {', '.join(g['unguided_classes'])}" if g["unguided_classes"] else ""
+    return (f"`{g['classifier']}` (sha256 `{g['sha256'][:16]}…`) on the {g['wrt']} conditioning, lambda "
+            f"{g['scale']:g}, steps {g['start_step']}-{g['end_step'] - 1}{unguided}. Do not use the same model "
+            "to label or evaluate this data: it would agree with itself")
+
+
 def render_card(manifest: Manifest, stats: dict, provenance: dict):
     """A ``huggingface_hub.DatasetCard`` for the build."""
     from huggingface_hub import DatasetCard, DatasetCardData
@@ -75,6 +84,7 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict):
         ["scheduler / steps / CFG", f"{manifest.generator.scheduler} / {manifest.generator.steps} / {manifest.generator.guidance_scale:g}"],
         ["resolution", f"{manifest.generator.width}x{manifest.generator.height}"],
         ["AU conditioning", _au_conditioning(stats.get("au_adapter"))],
+        ["semantic guidance", _guidance(stats.get("guidance"))],
         ["global seed", manifest.seed],
         ["prompts truncated", f"{stats['prompts'].get('truncated', 0)} (text encoder limit "
                               f"{stats['prompts'].get('max_tokens', '?')} tokens, longest prompt "

@@ -108,6 +108,7 @@ def release(manifest: Manifest, root: Path, stages: list[str], fingerprint: str,
         },
         "generator": provenance,
         "au_adapter": generate_meta.get("au_adapter"),
+        "guidance": generate_meta.get("guidance"),
         "prompts": prompts,
     }
     stats["stages"]["release"] = {"in": len(kept), "kept": len(kept), "dropped": {},

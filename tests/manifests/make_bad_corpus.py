@@ -52,6 +52,9 @@ cases = {
  "au-adapter-negative-scale": (sub('steps: 4', 'steps: 4, au_adapter: {path: adapters/x, scale: -1}'), ["field 'generator.au_adapter.scale' (line 8)", "greater than or equal to 0", "a value >= 0"]),
  "au-adapter-missing-path": (sub('steps: 4', 'steps: 4, au_adapter: {scale: 0.5}'), ["field 'generator.au_adapter.path' (line 8)", "required field is missing", "au_adapter_config.json"]),
  "au-adapter-unknown-key": (sub('steps: 4', 'steps: 4, au_adapter: {path: a, weight: 1}'), ["field 'generator.au_adapter.weight' (line 8)", "unknown key", "keys allowed here: path, scale"]),
+ "guidance-window": (sub('steps: 4', 'steps: 4, guidance: {start_step: 6}'), ["field 'generator.guidance' (line 8)", "guidance steps 6..4 do not fit in 4 denoising steps", "0 <= guidance.start_step < guidance.end_step <= generator.steps"]),
+ "guidance-wrt": (sub('steps: 4', 'steps: 4, guidance: {wrt: pixels}'), ["field 'generator.guidance.wrt' (line 8)", "(got 'pixels')", "one of 'text' or 'latents'"]),
+ "guidance-zero-scale": (sub('steps: 4', 'steps: 4, guidance: {scale: 0}'), ["field 'generator.guidance.scale' (line 8)", "greater than 0", "a value > 0"]),
  "counts-list": (sub("counts: 2", "counts: [1, 2]"), ["field 'labels.counts' (line 3)", "valid integer", "whole number"]),
 }
 out = Path("tests/manifests/bad"); out.mkdir(parents=True, exist_ok=True)
