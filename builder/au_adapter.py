@@ -169,7 +169,7 @@ class AUAdapter(nn.Module):
 
     def detach_from(self, unet) -> None:
         """Put the original processors back."""
-        for name, attn in _cross_attention_layers(unet).items():
+        for attn in _cross_attention_layers(unet).values():
             proc = attn.processor
             if isinstance(proc, AUAttnProcessor):
                 attn.set_processor(proc.base)

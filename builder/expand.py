@@ -7,27 +7,14 @@ specs are the same whatever the shard size, worker count or processing order.
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
 from .aus import AU_MAX, AU_MIN
 from .labels import expression_text
 from .manifest import Manifest
+from .prompts import au_cues, render_prompt
 from .records import Record
 from .seeding import SampleRng, derive_seed
-
-
-_ARTICLE_FIELD = re.compile(r"\b([Aa]) \{(\w+)\}")
-
-
-def render_prompt(template: str, values: dict[str, str]) -> str:
-    """Fill ``template``; 'a {field}' takes 'an' when the value starts with a vowel."""
-
-    def article(m: re.Match) -> str:
-        vowel = values[m.group(2)][:1].lower() in "aeiou"
-        return f"{m.group(1)}{'n' if vowel else ''} {{{m.group(2)}}}"
-
-    return " ".join(_ARTICLE_FIELD.sub(article, template).format(**values).split())
 
 
 def class_sequence(manifest: Manifest) -> list[int]:
@@ -51,18 +38,14 @@ def sample_id(manifest: Manifest, index: int) -> str:
 def draw_prompt(manifest: Manifest, index: int) -> tuple[str, dict[str, str]]:
     """(template, axis values) of sample ``index``."""
     rng = SampleRng(manifest.seed, index, "prompt")
-    template = rng.choice(manifest.prompts.templates)
-    return template, {axis: rng.choice(spec.values, spec.weights) for axis, spec in manifest.prompts.axes.items()}
+    template = rng.choice(manifest.prompts.all_templates)
+    return template, {axis: rng.choice(spec.values, spec.weights) for axis, spec in manifest.prompts.all_axes.items()}
 
 
 def make_spec(manifest: Manifest, index: int, label: int) -> Record:
     """The spec of sample ``index`` whose class is ``label``."""
     label_name = manifest.labels.names[label]
     prompts = manifest.prompts
-    template, attributes = draw_prompt(manifest, index)
-    expression = prompts.expression_text.get(label_name) or expression_text(label_name)
-    prompt = render_prompt(template, {"expression": expression, **attributes})
-
     au_rng = SampleRng(manifest.seed, index, "au")
     targets = manifest.aus.intensity.get(label_name, {})
     au = []
@@ -72,6 +55,10 @@ def make_spec(manifest: Manifest, index: int, label: int) -> Record:
             value = min(AU_MAX, max(AU_MIN, value + au_rng.gauss(manifest.aus.jitter)))
         au.append(round(value, 4))
 
+    template, attributes = draw_prompt(manifest, index)
+    expression = prompts.expression_text.get(label_name) or expression_text(label_name)
+    cues, codes = au_cues(manifest.aus.names, au, prompts.au_cues.min_intensity, prompts.au_cues.max_cues)
+    prompt = render_prompt(template, {"expression": expression, "au_cues": cues, "au_names": codes, **attributes})
     return Record(
         sample_id=sample_id(manifest, index),
         index=index,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import string
+from functools import cached_property
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
@@ -17,13 +18,14 @@ from pydantic_core import PydanticCustomError
 
 from .aus import AU_MAX, AU_MIN, AU_SETS, DEFAULT_AU_SET
 from .labels import DEFAULT_LABEL_MAP, LABEL_MAPS
+from .prompts import PLACEHOLDERS, TEMPLATE_SETS
 
 BUILTIN_TINY_MODEL = "builtin:tiny-sd"
 # Generator settings a build may change when it resumes (they do not change any image).
 NOT_IDENTITY = ("device", "batch_size")
 # Record fields that prompt axes may not shadow as dataset columns.
 RESERVED_COLUMNS = frozenset(
-    {"image", "label", "au", "prompt", "negative_prompt", "seed", "sample_id", "expression",
+    {"image", "label", "au", "prompt", "negative_prompt", "seed", "sample_id", "expression", "au_cues", "au_names",
      "generator_model", "generator_revision", "generator_weights_sha256"}
 )
 _IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -65,15 +67,31 @@ class Axis(_Strict):
         return self
 
 
+class AUCues(_Strict):
+    """How '{au_cues}' and '{au_names}' describe a sample's AU vector."""
+
+    min_intensity: float = Field(default=1.0, ge=0, le=5, description="AUs below this intensity are not mentioned.")
+    max_cues: int = Field(default=4, gt=0, le=41, description="Mention at most this many AUs, the strongest first.")
+
+
 class Prompts(_Strict):
     """Prompt templates and the demographic / free axes that fill them."""
 
-    templates: list[Annotated[str, Field(min_length=1)]] = Field(
+    templates: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        default=None,
         min_length=1,
-        description="Prompt templates in Python format syntax. '{expression}' is the class's "
-        "expression text; every other '{name}' must be an axis below. One template is picked "
-        "per sample, uniformly. 'a {name}' becomes 'an ...' when the value starts with a vowel.",
+        description="Prompt templates in Python format syntax. '{expression}' is the class's expression text, "
+        "'{au_cues}' the sample's strongest AUs in words ('lip corners strongly pulled up'), '{au_names}' their "
+        "FACS codes; every other '{name}' must be an axis. One template is picked per sample, uniformly. "
+        "'a {name}' becomes 'an ...' when the value starts with a vowel. Give templates or template_set.",
     )
+    template_set: Literal["syntfer"] | None = Field(
+        default=None,
+        description="A built-in template set instead of templates: 'syntfer' is the SyntFER grid (3 cue styles: "
+        "AU names, descriptive, combined; gender, age, ethnicity, pose and trait axes, which axes below "
+        "may override or extend).",
+    )
+    au_cues: AUCues = Field(default_factory=AUCues, description="Settings of the '{au_cues}' and '{au_names}' text.")
     negative_prompt: str = Field(default="", description="Negative prompt used for every sample.")
     expression_text: dict[str, Annotated[str, Field(min_length=1)]] = Field(
         default_factory=dict,
@@ -102,9 +120,26 @@ class Prompts(_Strict):
                 )
         return axes
 
+    @cached_property
+    def all_templates(self) -> list[str]:
+        return list(self.templates) if self.templates else list(TEMPLATE_SETS[self.template_set]["templates"])
+
+    @cached_property
+    def all_axes(self) -> dict[str, Axis]:
+        """The template set's axes (overridden by same-named axes here), then the other axes here."""
+        built_in = TEMPLATE_SETS[self.template_set]["axes"] if self.template_set else {}
+        axes = {name: self.axes.get(name) or Axis(values=values) for name, values in built_in.items()}
+        axes.update({name: axis for name, axis in self.axes.items() if name not in axes})
+        return axes
+
     @model_validator(mode="after")
     def _placeholders_known(self) -> Prompts:
-        known = {"expression", *self.axes}
+        if (self.templates is None) == (self.template_set is None):
+            raise _fail("template_source", "needs exactly one of 'templates' and 'template_set'",
+                        "give your own templates, or template_set: syntfer")
+        if self.template_set is not None:
+            return self
+        known = {*PLACEHOLDERS, *self.axes}
         for i, template in enumerate(self.templates):
             try:
                 fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
@@ -121,7 +156,7 @@ class Prompts(_Strict):
                 if f not in known:
                     raise _fail(
                         "template_placeholder",
-                            "template {i} uses '{{{field}}}', which is neither 'expression' nor an axis",
+                            "template {i} uses '{{{field}}}', which is neither expression, au_cues, au_names nor an axis",
                         "add an axis named '{field}' under prompts.axes, or remove the placeholder",
                         at=f"templates.{i}",
                         i=i,

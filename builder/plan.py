@@ -23,7 +23,7 @@ def make_plan(manifest: Manifest, out: Path | None = None) -> dict:
     classes = class_sequence(manifest)
     names = manifest.labels.names
     per_class: Counter[str] = Counter()
-    per_axis: dict[str, Counter[str]] = {axis: Counter() for axis in manifest.prompts.axes}
+    per_axis: dict[str, Counter[str]] = {axis: Counter() for axis in manifest.prompts.all_axes}
     cells: Counter[str] = Counter()
     class_cells: Counter[str] = Counter()
     for index, label in enumerate(classes):
@@ -42,7 +42,7 @@ def make_plan(manifest: Manifest, out: Path | None = None) -> dict:
     scale = gen.height * gen.width / 512**2
     tflop = forwards * SD15_UNET_TFLOP * scale + manifest.total * SD15_DECODE_TFLOP * scale
     possible = 1
-    for axis in manifest.prompts.axes.values():
+    for axis in manifest.prompts.all_axes.values():
         possible *= len(axis.values)
 
     plan = {

@@ -74,7 +74,7 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict):
     )]
     parts += ["", "Columns: `image`, `label` (ClassLabel), `au` (AU intensities 0-5 in the order "
                   f"{', '.join(manifest.aus.names)}), `prompt`, `negative_prompt`, `seed`, `sample_id`"
-                  + "".join(f", `{a}`" for a in manifest.prompts.axes)
+                  + "".join(f", `{a}`" for a in manifest.prompts.all_axes)
                   + ", and the generator's provenance columns."]
     parts += ["", "## Generation", "", _table(["field", "value"], [
         ["model", f"`{provenance['model']}`"],

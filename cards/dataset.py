@@ -32,7 +32,7 @@ def features(manifest: Manifest):
         "seed": Value("int64"),
         "sample_id": Value("string"),
     }
-    cols.update({axis: Value("string") for axis in manifest.prompts.axes})
+    cols.update({axis: Value("string") for axis in manifest.prompts.all_axes})
     cols.update({
         "generator_model": Value("string"),
         "generator_revision": Value("string"),

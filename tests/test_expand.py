@@ -104,7 +104,7 @@ def test_expression_text_override(demo_data):
 
 
 def test_article_follows_the_substituted_value_only(demo_data):
-    from builder.expand import render_prompt
+    from builder.prompts import render_prompt
 
     assert render_prompt("a {age} man, a {expression} face", {"age": "old", "expression": "happy"}) == \
         "an old man, a happy face"

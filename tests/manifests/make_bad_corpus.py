@@ -55,13 +55,17 @@ cases = {
  "guidance-window": (sub('steps: 4', 'steps: 4, guidance: {start_step: 6}'), ["field 'generator.guidance' (line 8)", "guidance steps 6..4 do not fit in 4 denoising steps", "0 <= guidance.start_step < guidance.end_step <= generator.steps"]),
  "guidance-wrt": (sub('steps: 4', 'steps: 4, guidance: {wrt: pixels}'), ["field 'generator.guidance.wrt' (line 8)", "(got 'pixels')", "one of 'text' or 'latents'"]),
  "guidance-zero-scale": (sub('steps: 4', 'steps: 4, guidance: {scale: 0}'), ["field 'generator.guidance.scale' (line 8)", "greater than 0", "a value > 0"]),
+ "template-source-both": (sub('prompts:\n', 'prompts:\n  template_set: syntfer\n'), ["field 'prompts' (line 4)", "needs exactly one of 'templates' and 'template_set'", "template_set: syntfer"]),
+ "template-set-unknown": (sub('  templates: ["a photo of a {age} person with a {expression} face"]\n', '  template_set: grid\n'), ["field 'prompts.template_set' (line 5)", "(got 'grid')", "'syntfer'"]),
  "counts-list": (sub("counts: 2", "counts: [1, 2]"), ["field 'labels.counts' (line 3)", "valid integer", "whole number"]),
 }
-out = Path("tests/manifests/bad"); out.mkdir(parents=True, exist_ok=True)
-for f in out.glob("*.yaml"): f.unlink()
+out = Path("tests/manifests/bad")
+out.mkdir(parents=True, exist_ok=True)
+for f in out.glob("*.yaml"):
+    f.unlink()
 for i, (name, (text, expects)) in enumerate(cases.items(), 1):
     shift = len(expects)
-    expects = [re.sub(r"\(line (\d+)", lambda m: f"(line {int(m.group(1)) + shift}", e) for e in expects]
+    expects = [re.sub(r"\(line (\d+)", lambda m, shift=shift: f"(line {int(m.group(1)) + shift}", e) for e in expects]
     (out / f"{i:02d}-{name}.yaml").write_text("".join(f"# expect: {e}\n" for e in expects) + text)
 (out / f"{len(cases)+1:02d}-not-utf8.yaml").write_bytes("# expect: is not UTF-8 text\n# expect: fix: save the manifest as UTF-8\nname: caf\xe9\n".encode("latin-1"))
 print(len(list(out.glob("*.yaml"))))
