@@ -31,8 +31,11 @@ class GenerateStage(Stage):
     name = "generate"
     resources = Resources(cpus=1, gpus=1)
 
-    def __init__(self, spec: Generator, au_names: tuple[str, ...] = (), label_names: tuple[str, ...] = ()):
+    def __init__(self, spec: Generator, au_names: tuple[str, ...] = (), label_names: tuple[str, ...] = (),
+                 seed: int = 0):
         self.spec = spec
+        self.seed = seed
+        self.layout = None
         self.au_names = tuple(au_names)
         self.label_names = tuple(label_names)
         self.pipe = None
@@ -53,6 +56,11 @@ class GenerateStage(Stage):
             self.adapter, self.adapter_provenance = attach_au_adapter(self.pipe, self.spec.au_adapter, self.au_names)
         if self.spec.guidance is not None:
             self._setup_guide()
+        if self.spec.layout is not None:
+            from .layout import LayoutSource
+
+            spec = self.spec
+            self.layout = LayoutSource(spec.layout, self.pipe, spec.steps, spec.height, spec.width, self.seed)
 
     def _setup_guide(self) -> None:
         from .fer import align_labels
@@ -76,6 +84,7 @@ class GenerateStage(Stage):
             "max_prompt_tokens": int(self.pipe.tokenizer.model_max_length),
             "au_adapter": self.adapter_provenance,
             "guidance": self.guide_provenance,
+            "layout": self.layout.meta if self.layout else None,
         }
 
     def process(self, records: list[Record], ctx: ShardContext) -> Iterator[Record]:
@@ -86,6 +95,9 @@ class GenerateStage(Stage):
         for start in range(0, len(records), size):
             batch = records[start : start + size]
             token_counts = [len(ids) for ids in self.pipe.tokenizer([r.prompt for r in batch]).input_ids]
+            if self.layout is not None:
+                for record in batch:
+                    record.attributes["layout_reference"] = self.layout.reference(record.index)
             for record, pixels, tokens in zip(batch, self.generate(batch), token_counts):
                 record.scores["prompt_tokens"] = tokens
                 if not np.isfinite(pixels).all():
@@ -108,6 +120,8 @@ class GenerateStage(Stage):
             return self._guided(batch, generators, cfg)
         with torch.inference_mode(), _explain_oom(len(batch), spec):
             text = {"prompt": [r.prompt for r in batch], "negative_prompt": negative}
+            if self.layout is not None:
+                text["latents"] = self._start(batch)
             if self.adapter is not None:
                 text = self._au_conditioning(batch, cfg)
             out = self.pipe(
@@ -139,8 +153,13 @@ class GenerateStage(Stage):
                 self.pipe, cond, uncond if cfg else None, generators, steps=spec.steps, cfg_scale=spec.guidance_scale,
                 height=spec.height, width=spec.width, guide=self.guide,
                 targets=[self.guide_targets.get(r.label) for r in batch], scale=g.scale, start=g.start_step,
-                end=g.end_step if g.end_step is not None else spec.steps, wrt=g.wrt)
+                end=g.end_step if g.end_step is not None else spec.steps, wrt=g.wrt,
+                latents=self._start(batch) if self.layout is not None else None)
         return images.numpy()
+
+    def _start(self, batch: list[Record]):
+        """Inverted reference latents for the batch (layout initialisation)."""
+        return self.layout.start_latents([self.layout.reference(r.index) for r in batch]).to(self.pipe.unet.dtype)
 
     def _au_conditioning(self, batch: list[Record], cfg: bool) -> dict:
         """Prompt embeddings with AU tokens appended: the sample's AUs, and all-zero AUs for the negative."""

@@ -56,18 +56,20 @@ def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
 
 def guided_sample(pipe, cond: torch.Tensor, uncond: torch.Tensor | None, generators: list[torch.Generator], *,
                   steps: int, cfg_scale: float, height: int, width: int, guide, targets: Sequence[int | None],
-                  scale: float, start: int, end: int, wrt: str = "text", on_step=None) -> torch.Tensor:
+                  scale: float, start: int, end: int, wrt: str = "text", on_step=None,
+                  latents: torch.Tensor | None = None) -> torch.Tensor:
     """Sample with semantic guidance; returns RGB in [0, 1] as float32 (B, H, W, 3) on the CPU.
 
     ``targets[b]`` is sample b's class index in ``guide.labels`` (None: no
     guidance for it). Steps ``start <= i < end`` are guided. ``on_step(i)`` is
-    called after every step (used to check memory).
+    called after every step (used to check memory). ``latents``: starting
+    latents (layout initialisation) instead of seeded noise.
     """
     scheduler = pipe.scheduler
     device = pipe.unet.device
     scheduler.set_timesteps(steps, device=device)
     latents = pipe.prepare_latents(cond.shape[0], pipe.unet.config.in_channels, height, width, cond.dtype, device,
-                                   generators)
+                                   generators, latents)
     mask = torch.tensor([t is not None for t in targets], device=device)
     target = torch.tensor([t if t is not None else 0 for t in targets], device=device)
     cond = cond.detach()

@@ -26,7 +26,7 @@ NOT_IDENTITY = ("device", "batch_size")
 # Record fields that prompt axes may not shadow as dataset columns.
 RESERVED_COLUMNS = frozenset(
     {"image", "label", "au", "prompt", "negative_prompt", "seed", "sample_id", "expression", "au_cues", "au_names",
-     "generator_model", "generator_revision", "generator_weights_sha256"}
+     "generator_model", "generator_revision", "generator_weights_sha256", "layout_reference"}
 )
 _IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -283,6 +283,13 @@ class Guidance(_Strict):
     )
 
 
+class Layout(_Strict):
+    """Layout initialisation (SynFER): start each sample from a DDIM-inverted reference image."""
+
+    images: str = Field(min_length=1, description="Folder of reference face images (png, jpg, webp); each sample "
+                        "takes one, chosen from (seed, sample index). Needs generator.scheduler: ddim.")
+
+
 class Generator(_Strict):
     """The diffusion model and its sampling settings."""
 
@@ -329,6 +336,10 @@ class Generator(_Strict):
     )
     guidance: Guidance | None = Field(
         default=None, description="Semantic guidance by a FER classifier during denoising; omit to turn it off."
+    )
+    layout: Layout | None = Field(
+        default=None, description="Start from DDIM-inverted reference images instead of random noise; the "
+        "dataset gets a 'layout_reference' column."
     )
 
     @model_validator(mode="after")

@@ -11,7 +11,7 @@ def shard_stages(manifest: Manifest) -> list[Stage]:
 
     from .generate import GenerateStage
 
-    stages: list[Stage] = [GenerateStage(manifest.generator, manifest.aus.names, manifest.labels.names)]
+    stages: list[Stage] = [GenerateStage(manifest.generator, manifest.aus.names, manifest.labels.names, manifest.seed)]
     if manifest.curation.integrity.enabled:
         stages.append(IntegrityFilter(manifest.curation.integrity))
     return stages

@@ -85,6 +85,9 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict):
         ["resolution", f"{manifest.generator.width}x{manifest.generator.height}"],
         ["AU conditioning", _au_conditioning(stats.get("au_adapter"))],
         ["semantic guidance", _guidance(stats.get("guidance"))],
+        ["layout initialisation", (f"DDIM-inverted references from `{stats['layout']['images']}` "
+                                   f"({stats['layout']['count']} images, sha256 `{stats['layout']['sha256'][:16]}…`)")
+         if stats.get("layout") else "none: random starting noise"],
         ["global seed", manifest.seed],
         ["prompts truncated", f"{stats['prompts'].get('truncated', 0)} (text encoder limit "
                               f"{stats['prompts'].get('max_tokens', '?')} tokens, longest prompt "

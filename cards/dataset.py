@@ -33,6 +33,8 @@ def features(manifest: Manifest):
         "sample_id": Value("string"),
     }
     cols.update({axis: Value("string") for axis in manifest.prompts.all_axes})
+    if manifest.generator.layout is not None:
+        cols["layout_reference"] = Value("string")
     cols.update({
         "generator_model": Value("string"),
         "generator_revision": Value("string"),

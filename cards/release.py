@@ -109,6 +109,7 @@ def release(manifest: Manifest, root: Path, stages: list[str], fingerprint: str,
         "generator": provenance,
         "au_adapter": generate_meta.get("au_adapter"),
         "guidance": generate_meta.get("guidance"),
+        "layout": generate_meta.get("layout"),
         "prompts": prompts,
     }
     stats["stages"]["release"] = {"in": len(kept), "kept": len(kept), "dropped": {},

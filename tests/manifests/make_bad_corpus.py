@@ -57,6 +57,7 @@ cases = {
  "guidance-zero-scale": (sub('steps: 4', 'steps: 4, guidance: {scale: 0}'), ["field 'generator.guidance.scale' (line 8)", "greater than 0", "a value > 0"]),
  "template-source-both": (sub('prompts:\n', 'prompts:\n  template_set: syntfer\n'), ["field 'prompts' (line 4)", "needs exactly one of 'templates' and 'template_set'", "template_set: syntfer"]),
  "template-set-unknown": (sub('  templates: ["a photo of a {age} person with a {expression} face"]\n', '  template_set: grid\n'), ["field 'prompts.template_set' (line 5)", "(got 'grid')", "'syntfer'"]),
+ "layout-missing-images": (sub('steps: 4', 'steps: 4, layout: {folder: refs}'), ["field 'generator.layout.folder' (line 8)", "unknown key", "keys allowed here: images"]),
  "counts-list": (sub("counts: 2", "counts: [1, 2]"), ["field 'labels.counts' (line 3)", "valid integer", "whole number"]),
 }
 out = Path("tests/manifests/bad")
