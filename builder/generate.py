@@ -115,17 +115,19 @@ class GenerateStage(Stage):
         spec = self.spec
         generators = [torch.Generator("cpu").manual_seed(r.seed) for r in batch]
         cfg = spec.guidance_scale > 1
-        negative = [r.negative_prompt for r in batch] if cfg else None
+        start = self._start(batch) if self.layout is not None else None
         if self.guide is not None:
-            return self._guided(batch, generators, cfg)
+            return self._guided(batch, generators, cfg, start)
         with torch.inference_mode(), _explain_oom(len(batch), spec):
-            text = {"prompt": [r.prompt for r in batch], "negative_prompt": negative}
-            if self.layout is not None:
-                text["latents"] = self._start(batch)
             if self.adapter is not None:
-                text = self._au_conditioning(batch, cfg)
+                cond, uncond = self._embeddings(batch, cfg)
+                text = {"prompt_embeds": cond, "negative_prompt_embeds": uncond}
+            else:
+                text = {"prompt": [r.prompt for r in batch],
+                        "negative_prompt": [r.negative_prompt for r in batch] if cfg else None}
             out = self.pipe(
                 **text,
+                latents=start,
                 num_inference_steps=spec.steps,
                 guidance_scale=spec.guidance_scale,
                 height=spec.height,
@@ -135,45 +137,37 @@ class GenerateStage(Stage):
             )
         return out.images
 
-    def _guided(self, batch: list[Record], generators, cfg: bool):
+    def _guided(self, batch: list[Record], generators, cfg: bool, start):
         import torch
 
         from .guidance import guided_sample
 
         spec, g = self.spec, self.spec.guidance
         with torch.no_grad(), _explain_oom(len(batch), spec):
-            device = self.pipe.unet.device
-            cond, uncond = self.pipe.encode_prompt([r.prompt for r in batch], device, 1, cfg,
-                                                   negative_prompt=[r.negative_prompt for r in batch])
-            if self.adapter is not None:
-                au = torch.tensor([r.au for r in batch], dtype=torch.float32)
-                cond = self.adapter.condition(cond, au)
-                uncond = self.adapter.condition(uncond, torch.zeros_like(au)) if cfg else None
+            cond, uncond = self._embeddings(batch, cfg)
             images = guided_sample(
-                self.pipe, cond, uncond if cfg else None, generators, steps=spec.steps, cfg_scale=spec.guidance_scale,
+                self.pipe, cond, uncond, generators, steps=spec.steps, cfg_scale=spec.guidance_scale,
                 height=spec.height, width=spec.width, guide=self.guide,
                 targets=[self.guide_targets.get(r.label) for r in batch], scale=g.scale, start=g.start_step,
-                end=g.end_step if g.end_step is not None else spec.steps, wrt=g.wrt,
-                latents=self._start(batch) if self.layout is not None else None)
+                end=g.end_step if g.end_step is not None else spec.steps, wrt=g.wrt, latents=start)
         return images.numpy()
 
     def _start(self, batch: list[Record]):
         """Inverted reference latents for the batch (layout initialisation)."""
         return self.layout.start_latents([self.layout.reference(r.index) for r in batch]).to(self.pipe.unet.dtype)
 
-    def _au_conditioning(self, batch: list[Record], cfg: bool) -> dict:
-        """Prompt embeddings with AU tokens appended: the sample's AUs, and all-zero AUs for the negative."""
+    def _embeddings(self, batch: list[Record], cfg: bool):
+        """(conditional, unconditional or None) prompt embeddings; with an adapter, AU tokens appended
+        (the sample's AUs, and all-zero AUs for the negative)."""
         import torch
 
-        device = self.pipe.unet.device
-        positive, negative = self.pipe.encode_prompt(
-            [r.prompt for r in batch], device, 1, cfg, negative_prompt=[r.negative_prompt for r in batch]
-        )
-        au = torch.tensor([r.au for r in batch], dtype=torch.float32)
-        out = {"prompt_embeds": self.adapter.condition(positive, au)}
-        if cfg:
-            out["negative_prompt_embeds"] = self.adapter.condition(negative, torch.zeros_like(au))
-        return out
+        cond, uncond = self.pipe.encode_prompt([r.prompt for r in batch], self.pipe.unet.device, 1, cfg,
+                                               negative_prompt=[r.negative_prompt for r in batch])
+        if self.adapter is not None:
+            au = torch.tensor([r.au for r in batch], dtype=torch.float32)
+            cond = self.adapter.condition(cond, au)
+            uncond = self.adapter.condition(uncond, torch.zeros_like(au)) if cfg else None
+        return cond, (uncond if cfg else None)
 
 
 @contextmanager

@@ -26,13 +26,7 @@ def ddim_invert(pipe, latents: torch.Tensor, steps: int, text: torch.Tensor) -> 
     """Clean latents -> the noisy latents DDIM sampling with ``steps`` steps would start from."""
     from diffusers import DDIMInverseScheduler
 
-    inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config)
-    inverse.set_timesteps(steps, device=latents.device)
-    x = latents
-    for t in inverse.timesteps:
-        eps = pipe.unet(x, t, encoder_hidden_states=text).sample
-        x = inverse.step(eps, t, x).prev_sample
-    return x
+    return _run_ddim(pipe, latents, steps, text, DDIMInverseScheduler)
 
 
 @torch.no_grad()
@@ -40,12 +34,14 @@ def ddim_sample(pipe, start: torch.Tensor, steps: int, text: torch.Tensor) -> to
     """Deterministic DDIM from ``start`` to clean latents (no guidance); inverse of ``ddim_invert``."""
     from diffusers import DDIMScheduler
 
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    scheduler.set_timesteps(steps, device=start.device)
-    x = start
+    return _run_ddim(pipe, start, steps, text, DDIMScheduler)
+
+
+def _run_ddim(pipe, x: torch.Tensor, steps: int, text: torch.Tensor, scheduler_class) -> torch.Tensor:
+    scheduler = scheduler_class.from_config(pipe.scheduler.config)
+    scheduler.set_timesteps(steps, device=x.device)
     for t in scheduler.timesteps:
-        eps = pipe.unet(x, t, encoder_hidden_states=text).sample
-        x = scheduler.step(eps, t, x).prev_sample
+        x = scheduler.step(pipe.unet(x, t, encoder_hidden_states=text).sample, t, x).prev_sample
     return x
 
 

@@ -104,3 +104,27 @@ def test_layout_needs_ddim_and_images(references, pipe, tmp_path):
     finally:
         pipe.scheduler = ddim
     assert isinstance(pipe.scheduler, DDIMScheduler)
+
+
+def test_layout_also_applies_with_an_au_adapter(references, tmp_path):
+    """Regression: the adapter path once dropped the inverted starting latents."""
+    from diffusers import UNet2DConditionModel
+
+    from builder.au_adapter import AUAdapter
+    from builder.expand import shard_specs
+    from builder.generate import GenerateStage
+    from builder.manifest import AUAdapterSpec
+    from builder.tiny_sd import ensure_tiny_pipeline
+
+    demo = load_manifest(DEMO)
+    unet = UNet2DConditionModel.from_pretrained(ensure_tiny_pipeline() / "unet", local_files_only=True)
+    AUAdapter.for_unet(unet, list(demo.aus.names)).save_pretrained(tmp_path / "adapter")
+    adapter = AUAdapterSpec(path=str(tmp_path / "adapter"))
+
+    def images(layout):
+        stage = GenerateStage(demo.generator.model_copy(update={"au_adapter": adapter, "layout": layout}),
+                              demo.aus.names, demo.labels.names, demo.seed)
+        stage.setup()
+        return stage.generate(shard_specs(demo, 0)[:2])
+
+    assert np.abs(images(Layout(images=str(references))) - images(None)).mean() > 1e-3
