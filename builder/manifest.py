@@ -74,6 +74,16 @@ class AUCues(_Strict):
     max_cues: int = Field(default=4, gt=0, le=41, description="Mention at most this many AUs, the strongest first.")
 
 
+class Enrich(_Strict):
+    """Enrich each prompt with a local causal language model (transformers), seeded per sample."""
+
+    model: str = Field(min_length=1, description="Local transformers causal-LM folder (save_pretrained output).")
+    instruction: str = Field(default="Describe this portrait photo in detail: ",
+                             description="Text put before the prompt; the model's continuation is appended.")
+    max_new_tokens: int = Field(default=32, gt=0, le=256, description="Longest continuation, in model tokens.")
+    temperature: float = Field(default=0.8, gt=0, le=5, description="Sampling temperature.")
+
+
 class Prompts(_Strict):
     """Prompt templates and the demographic / free axes that fill them."""
 
@@ -92,6 +102,9 @@ class Prompts(_Strict):
         "may override or extend).",
     )
     au_cues: AUCues = Field(default_factory=AUCues, description="Settings of the '{au_cues}' and '{au_names}' text.")
+    enrich: Enrich | None = Field(default=None, description="Append a language model's seeded continuation to each "
+                                  "prompt (runs as the 'enrich' stage before generation); omit to keep prompts as "
+                                  "templated. --dry-run shows the prompts before enrichment.")
     negative_prompt: str = Field(default="", description="Negative prompt used for every sample.")
     expression_text: dict[str, Annotated[str, Field(min_length=1)]] = Field(
         default_factory=dict,

@@ -11,7 +11,12 @@ def shard_stages(manifest: Manifest) -> list[Stage]:
 
     from .generate import GenerateStage
 
-    stages: list[Stage] = [GenerateStage(manifest.generator, manifest.aus.names, manifest.labels.names, manifest.seed)]
+    stages: list[Stage] = []
+    if manifest.prompts.enrich is not None:
+        from .enrich import EnrichStage
+
+        stages.append(EnrichStage(manifest.prompts.enrich, manifest.seed))
+    stages += [GenerateStage(manifest.generator, manifest.aus.names, manifest.labels.names, manifest.seed)]
     if manifest.curation.integrity.enabled:
         stages.append(IntegrityFilter(manifest.curation.integrity))
     return stages

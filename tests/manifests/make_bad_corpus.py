@@ -58,6 +58,7 @@ cases = {
  "template-source-both": (sub('prompts:\n', 'prompts:\n  template_set: syntfer\n'), ["field 'prompts' (line 4)", "needs exactly one of 'templates' and 'template_set'", "template_set: syntfer"]),
  "template-set-unknown": (sub('  templates: ["a photo of a {age} person with a {expression} face"]\n', '  template_set: grid\n'), ["field 'prompts.template_set' (line 5)", "(got 'grid')", "'syntfer'"]),
  "layout-missing-images": (sub('steps: 4', 'steps: 4, layout: {folder: refs}'), ["field 'generator.layout.folder' (line 8)", "unknown key", "keys allowed here: images"]),
+ "enrich-zero-tokens": (sub('    age: {values: [young, old]}\n', '    age: {values: [young, old]}\n  enrich: {model: lm, max_new_tokens: 0}\n'), ["field 'prompts.enrich.max_new_tokens' (line 8)", "greater than 0", "a value > 0"]),
  "counts-list": (sub("counts: 2", "counts: [1, 2]"), ["field 'labels.counts' (line 3)", "valid integer", "whole number"]),
 }
 out = Path("tests/manifests/bad")
