@@ -284,8 +284,9 @@ class Guidance(_Strict):
     classifier: str = Field(
         default="mini-xception-fer2013",
         min_length=1,
-        description="Guide model: a name from the model registry (`build-dataset models list`) or a local "
-        "mini-Xception .hdf5 file. Its label order is mapped to the manifest's by emotion name.",
+        description="Guide model: a name from the model registry (`build-dataset models list`), a local "
+        "mini-Xception .hdf5 file, or a YAML config of any torch classifier (architecture, safetensors weights, "
+        "labels, input). Its label order is mapped to the manifest's by emotion name.",
     )
     scale: float = Field(default=0.1, gt=0, le=100, description="Step size lambda of the normalised update.")
     start_step: int = Field(default=0, ge=0, description="First guided denoising step (0-based).")

@@ -89,11 +89,23 @@ def fetch(name: str | ModelEntry) -> Path:
 
 
 def model_sha256(name_or_path: str | Path) -> str:
-    """The pinned sha256 of a registry model, or the sha256 of a local file (for provenance)."""
+    """The pinned sha256 of a registry model, or the sha256 of a local file (for provenance).
+
+    For a torch classifier config (.yaml) it covers the config and the weights it names.
+    """
     key = str(name_or_path)
     if isinstance(name_or_path, str) and key in registry.REGISTRY and registry.REGISTRY[key].sha256:
         return registry.REGISTRY[key].sha256
-    return file_sha256(Path(name_or_path).expanduser())
+    path = Path(name_or_path).expanduser()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import hashlib
+
+        import yaml
+
+        weights = path.parent / str(yaml.safe_load(path.read_text()).get("weights", ""))
+        parts = [file_sha256(path), file_sha256(weights) if weights.is_file() else "missing"]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return file_sha256(path)
 
 
 def describe() -> list[dict[str, str]]:
@@ -107,7 +119,8 @@ def describe() -> list[dict[str, str]]:
 
 
 def load_fer_classifier(name_or_path: str | Path, labels: Sequence[str] | None = None) -> FERClassifier:
-    """A ``FERClassifier`` (CPU, float32, eval) from a registry name (fetched) or a local Keras .hdf5/.h5 file.
+    """A ``FERClassifier`` (CPU, eval) from a registry name (fetched), a local Keras .hdf5/.h5 file, or a
+    torch classifier config .yaml (``builder.fer.torch_config``).
 
     ``labels`` is the model's class order; default: the registry entry's, or
     FER2013 order for a local file. Raises ``ModelLoadError`` when the name
@@ -130,10 +143,16 @@ def load_fer_classifier(name_or_path: str | Path, labels: Sequence[str] | None =
         path, default_labels = Path(name_or_path).expanduser(), LABEL_MAPS["fer2013"]
         if not path.is_file():
             raise ModelLoadError(f"'{key}' is neither a known classifier nor an existing file",
-                                 fix=f"use one of: {', '.join(classifiers)}, or the path of a Keras .hdf5 file")
+                                 fix=f"use one of: {', '.join(classifiers)}, the path of a Keras .hdf5 file, "
+                                 "or a torch classifier config (.yaml)")
+        if path.suffix.lower() in (".yaml", ".yml"):
+            from .fer.torch_config import load_torch_classifier
+
+            return load_torch_classifier(path, labels)
         if path.suffix.lower() not in (".h5", ".hdf5"):
-            raise ModelLoadError("unsupported classifier file type (expected a Keras .hdf5 or .h5 file)",
-                                 file=str(path), fix="give a Keras mini-Xception .hdf5 file")
+            raise ModelLoadError("unsupported classifier file type (expected a Keras .hdf5/.h5 file or a torch "
+                                 "classifier config .yaml)", file=str(path),
+                                 fix="give a Keras mini-Xception .hdf5 file or a torch classifier config")
     labels = tuple(labels) if labels is not None else default_labels
     unknown = [n for n in labels if n not in CANONICAL]
     if unknown:

@@ -37,14 +37,17 @@ def align_labels(source: Sequence[str], target: Sequence[str]) -> tuple[list[int
 class FERClassifier(nn.Module):
     """A frozen expression classifier with its label order and its own preprocessing.
 
-    ``module`` maps (B, 1, 64, 64) grayscale in [-1, 1] to logits; ``labels``
-    names its classes in index order (default: FER2013 order). Parameters are
+    ``module`` maps (B, channels, input_size, input_size) images, normalised as
+    (x - mean) / std per channel, to logits (defaults: mini-Xception's 64x64
+    grayscale in [-1, 1]); ``labels`` names its classes in index order
+    (default: FER2013 order). Parameters are
     frozen (``requires_grad=False``) and the module is in eval mode: gradients
     flow to the input images only.
     """
 
     def __init__(self, module: nn.Module, labels: Sequence[str] = LABEL_MAPS["fer2013"],
-                 input_size: int = INPUT_SIZE):
+                 input_size: int = INPUT_SIZE, channels: int = 1, mean: Sequence[float] = (0.5,),
+                 std: Sequence[float] = (0.5,)):
         super().__init__()
         labels = tuple(labels)
         for name in labels:
@@ -55,6 +58,11 @@ class FERClassifier(nn.Module):
         self.module = module.eval().requires_grad_(False)
         self.labels = labels
         self.input_size = input_size
+        if channels not in (1, 3) or len(mean) not in (1, channels) or len(std) not in (1, channels):
+            raise ValueError(f"channels must be 1 or 3 with 1 or {channels} mean/std values")
+        self.channels = channels
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.eval()
 
     def train(self, mode: bool = True) -> FERClassifier:
@@ -62,21 +70,23 @@ class FERClassifier(nn.Module):
         return super().train(False)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """RGB (B, 3, H, W) or gray (B, 1, H, W) in [0, 1] -> model input (B, 1, 64, 64) in [-1, 1].
+        """RGB (B, 3, H, W) or gray (B, 1, H, W) in [0, 1] -> model input (B, channels, size, size).
 
-        Grayscale with ITU-R 601 weights, bilinear antialiased resize to
-        ``input_size`` when needed, then (x - 0.5) * 2. Differentiable; keeps
-        the input's device and dtype.
+        Grayscale with ITU-R 601 weights when the model takes 1 channel,
+        bilinear antialiased resize to ``input_size`` when needed, then
+        (x - mean) / std. Differentiable; keeps the input's device and dtype.
         """
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"expected images shaped (B, 3, H, W) or (B, 1, H, W), got {tuple(images.shape)}")
-        if images.shape[1] == 3:
+        if images.shape[1] == 1 and self.channels == 3:
+            images = images.expand(-1, 3, -1, -1)
+        if images.shape[1] == 3 and self.channels == 1:
             w = torch.tensor(GRAY_WEIGHTS, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
             images = (images * w).sum(dim=1, keepdim=True)
         if tuple(images.shape[-2:]) != (self.input_size, self.input_size):
             images = F.interpolate(images, size=(self.input_size, self.input_size), mode="bilinear",
                                    align_corners=False, antialias=True)
-        return (images - 0.5) * 2
+        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
     def _param_dtype(self) -> torch.dtype:
         return next(self.module.parameters()).dtype
