@@ -167,13 +167,6 @@ class AUAdapter(nn.Module):
                 proc.__dict__["base"] = attn.processor  # a plain reference, never a submodule
             attn.set_processor(proc)
 
-    def detach_from(self, unet) -> None:
-        """Put the original processors back."""
-        for attn in _cross_attention_layers(unet).values():
-            proc = attn.processor
-            if isinstance(proc, AUAttnProcessor):
-                attn.set_processor(proc.base)
-
     def set_scale(self, scale: float) -> None:
         for proc in self.processors.values():
             proc.scale = float(scale)

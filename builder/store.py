@@ -98,13 +98,9 @@ def model_sha256(name_or_path: str | Path) -> str:
         return registry.REGISTRY[key].sha256
     path = Path(name_or_path).expanduser()
     if path.suffix.lower() in (".yaml", ".yml"):
-        import hashlib
+        from .fer.torch_config import config_sha256
 
-        import yaml
-
-        weights = path.parent / str(yaml.safe_load(path.read_text()).get("weights", ""))
-        parts = [file_sha256(path), file_sha256(weights) if weights.is_file() else "missing"]
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+        return config_sha256(path)
     return file_sha256(path)
 
 

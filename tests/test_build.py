@@ -178,13 +178,13 @@ def test_truncated_prompts_are_counted_and_reported(tmp_path, write_manifest, ca
     assert "| prompts truncated | 2 (text encoder limit 77 tokens" in (out / "README.md").read_text()
 
 
-def test_folder_left_with_only_a_lock_is_reused(tmp_path):
+def test_folder_left_with_only_a_lock_is_reused(tmp_path, write_manifest):
     out = tmp_path / "out"
     out.mkdir()
     (out / ".lock").write_text("12345")  # a run killed before it wrote build.json
-    from builder.run import _prepare_folder
-
-    _prepare_folder(out)  # no error: nothing of the user's is in it
+    manifest = write_manifest({"name": "relock", "labels": {"counts": {"happy": 1}}})
+    assert main([str(manifest), "--out", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "stats.json").read_text())["released"]["total"] == 1
 
 
 @pytest.mark.parametrize("section", ["prompts.axes", "output.splits"])

@@ -41,7 +41,10 @@ def test_every_schema_field_is_described(model):
 
 
 def test_demo_validates_against_the_json_schema(demo_data):
-    jsonschema.validate(demo_data, json.loads(SCHEMA_PATH.read_text()))
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.validate(demo_data, schema)
+    with pytest.raises(jsonschema.ValidationError, match="stepz"):
+        jsonschema.validate({**demo_data, "generator": {**demo_data["generator"], "stepz": 4}}, schema)
 
 
 def test_counts_mapping_gives_unlisted_classes_zero():

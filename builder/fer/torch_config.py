@@ -36,6 +36,18 @@ class TorchClassifierConfig(_Strict):
     input: InputSpec = Field(description="Input size, channels and normalisation.")
 
 
+def config_sha256(path: str | Path) -> str:
+    """sha256 over a classifier config and the weights file it names (provenance)."""
+    import hashlib
+
+    from ..manifest_loader import load_manifest
+    from ..models import file_sha256
+
+    path = Path(path)
+    weights = path.parent / load_manifest(path, model=TorchClassifierConfig).weights
+    return hashlib.sha256(f"{file_sha256(path)}\n{file_sha256(weights)}".encode()).hexdigest()
+
+
 def load_torch_classifier(path: str | Path, labels=None):
     """A ``FERClassifier`` from a YAML config (see the module docstring)."""
     from safetensors.torch import load_file
