@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .fer.classifier_config import ClassifierConfig
 from .manifest import Manifest
-
 from .train_config import TrainConfig
 
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
@@ -14,6 +14,7 @@ SCHEMA_PATH = MANIFESTS / "schema.json"
 SCHEMAS = {
     SCHEMA_PATH: (Manifest, "fer-synth synthesis manifest"),
     MANIFESTS / "train" / "schema.json": (TrainConfig, "fer-synth train-au-adapter config"),
+    MANIFESTS / "classifiers" / "schema.json": (ClassifierConfig, "fer-synth guide/expert classifier config"),
 }
 
 

@@ -91,14 +91,14 @@ def fetch(name: str | ModelEntry) -> Path:
 def model_sha256(name_or_path: str | Path) -> str:
     """The pinned sha256 of a registry model, or the sha256 of a local file (for provenance).
 
-    For a torch classifier config (.yaml) it covers the config and the weights it names.
+    For a classifier config (.yaml) it covers the config and the weights or ONNX file it names.
     """
     key = str(name_or_path)
     if isinstance(name_or_path, str) and key in registry.REGISTRY and registry.REGISTRY[key].sha256:
         return registry.REGISTRY[key].sha256
     path = Path(name_or_path).expanduser()
     if path.suffix.lower() in (".yaml", ".yml"):
-        from .fer.torch_config import config_sha256
+        from .fer.classifier_config import config_sha256
 
         return config_sha256(path)
     return file_sha256(path)
@@ -116,7 +116,7 @@ def describe() -> list[dict[str, str]]:
 
 def load_fer_classifier(name_or_path: str | Path, labels: Sequence[str] | None = None) -> FERClassifier:
     """A ``FERClassifier`` (CPU, eval) from a registry name (fetched), a local Keras .hdf5/.h5 file, or a
-    torch classifier config .yaml (``builder.fer.torch_config``).
+    classifier config .yaml for any torch or ONNX model (``builder.fer.classifier_config``).
 
     ``labels`` is the model's class order; default: the registry entry's, or
     FER2013 order for a local file. Raises ``ModelLoadError`` when the name
@@ -140,15 +140,20 @@ def load_fer_classifier(name_or_path: str | Path, labels: Sequence[str] | None =
         if not path.is_file():
             raise ModelLoadError(f"'{key}' is neither a known classifier nor an existing file",
                                  fix=f"use one of: {', '.join(classifiers)}, the path of a Keras .hdf5 file, "
-                                 "or a torch classifier config (.yaml)")
+                                 "or a classifier config (.yaml) for a torch or ONNX model")
         if path.suffix.lower() in (".yaml", ".yml"):
-            from .fer.torch_config import load_torch_classifier
+            from .fer.classifier_config import load_config_classifier
 
-            return load_torch_classifier(path, labels)
+            return load_config_classifier(path, labels)
+        if path.suffix.lower() == ".onnx":
+            raise ModelLoadError("an ONNX model needs a classifier config naming its labels and input", file=str(path),
+                                 fix=f"write a .yaml beside it with 'onnx: {{file: {path.name}}}', 'labels' and "
+                                 "'input' (see builder/fer/classifier_config.py) and give that instead")
         if path.suffix.lower() not in (".h5", ".hdf5"):
-            raise ModelLoadError("unsupported classifier file type (expected a Keras .hdf5/.h5 file or a torch "
+            raise ModelLoadError("unsupported classifier file type (expected a Keras .hdf5/.h5 file or a "
                                  "classifier config .yaml)", file=str(path),
-                                 fix="give a Keras mini-Xception .hdf5 file or a torch classifier config")
+                                 fix="give a Keras mini-Xception .hdf5 file or a classifier config for a torch or "
+                                 "ONNX model")
     labels = tuple(labels) if labels is not None else default_labels
     unknown = [n for n in labels if n not in CANONICAL]
     if unknown:

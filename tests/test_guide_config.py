@@ -82,29 +82,32 @@ def test_config_classifier_guides_a_build(tmp_path, write_manifest):
     assert model_sha256(str(config)) != guidance["sha256"], "the provenance hash covers the weights"
 
 
-def test_guided_probability_rises_for_a_config_classifier(tmp_path, tiny_model):
+def mean_guided_probability(clf, target_name: str, start: int, wrt: str) -> float:
+    """Mean probability of ``target_name`` under ``clf`` over 4 seeds of the tiny pipeline, guided from ``start``
+    (8 steps: start=8 means unguided)."""
     from builder.guidance import guided_sample
     from builder.manifest_loader import load_manifest
     from builder.models import load_pipeline
     from tests.conftest import DEMO
 
+    pipe = load_pipeline(load_manifest(DEMO).generator)[0]
+    target = clf.labels.index(target_name)
+    with torch.no_grad():
+        cond, uncond = pipe.encode_prompt(["a face"] * 4, "cpu", 1, True, negative_prompt=[""] * 4)
+    images = guided_sample(pipe, cond, uncond, [torch.Generator().manual_seed(s) for s in range(4)], steps=8,
+                           cfg_scale=3.0, height=64, width=64, guide=clf, targets=[target] * 4, scale=1.0,
+                           start=start, end=8, wrt=wrt)
+    with torch.no_grad():
+        return clf.probs(images.permute(0, 3, 1, 2))[:, target].mean().item()
+
+
+def test_guided_probability_rises_for_a_config_classifier(tmp_path, tiny_model):
     torch.manual_seed(3)
     save_file(TinyRGBNet().state_dict(), tmp_path / "net.safetensors")
     clf = load_fer_classifier(str(write_config(tmp_path, "tests.test_guide_config:TinyRGBNet", "net.safetensors",
                                                LABEL_MAPS["affectnet8"], 32, 3, [0.5], [0.5])))
-    pipe = load_pipeline(load_manifest(DEMO).generator)[0]
-    target = clf.labels.index("contempt")
-    with torch.no_grad():
-        cond, uncond = pipe.encode_prompt(["a face"] * 4, "cpu", 1, True, negative_prompt=[""] * 4)
-
-    def prob(start):
-        images = guided_sample(pipe, cond, uncond, [torch.Generator().manual_seed(s) for s in range(4)], steps=8,
-                               cfg_scale=3.0, height=64, width=64, guide=clf, targets=[target] * 4, scale=1.0,
-                               start=start, end=8, wrt="latents")
-        with torch.no_grad():
-            return clf.probs(images.permute(0, 3, 1, 2))[:, target].mean().item()
-
-    assert prob(start=2) > prob(start=8)
+    guided, unguided = (mean_guided_probability(clf, "contempt", start, "latents") for start in (2, 8))
+    assert guided > unguided
 
 
 @pytest.mark.parametrize("change, message", [

@@ -201,7 +201,7 @@ def test_load_fer_classifier_refusals(fer_file, tmp_path):
         store.load_fer_classifier(fer_file, labels=LABEL_MAPS["affectnet8"])
     with pytest.raises(ModelLoadError, match="unknown class names"):
         store.load_fer_classifier(fer_file, labels=("joy",) * 7)
-    other = tmp_path / "model.onnx"
+    other = tmp_path / "model.pt"
     other.write_bytes(b"x")
     with pytest.raises(ModelLoadError, match="unsupported classifier file type"):
         store.load_fer_classifier(other)

@@ -89,7 +89,11 @@ class FERClassifier(nn.Module):
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
     def _param_dtype(self) -> torch.dtype:
-        return next(self.module.parameters()).dtype
+        """The dtype of the module's float weights (parameters, or buffers for an ONNX graph)."""
+        for tensor in (*self.module.parameters(), *self.module.buffers()):
+            if tensor.is_floating_point():
+                return tensor.dtype
+        return torch.float32
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (B, len(labels)) for RGB images in [0, 1], in the classifier's dtype."""
