@@ -26,7 +26,8 @@ NOT_IDENTITY = ("device", "batch_size")
 # Record fields that prompt axes may not shadow as dataset columns.
 RESERVED_COLUMNS = frozenset(
     {"image", "label", "au", "prompt", "negative_prompt", "seed", "sample_id", "expression", "au_cues", "au_names",
-     "generator_model", "generator_revision", "generator_weights_sha256", "layout_reference"}
+     "generator_model", "generator_revision", "generator_weights_sha256", "layout_reference", "target_label",
+     "label_disposition", "label_confidence", "label_agreement"}
 )
 _IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -388,6 +389,53 @@ class Curation(_Strict):
     integrity: Integrity = Field(default_factory=Integrity, description="Image integrity check.")
 
 
+class ExpertSpec(_Strict):
+    """One expert FER model that labels the images."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=40,
+                      description="Short id for this expert: names its probability column ('probs_<name>').")
+    model: str = Field(min_length=1, description="A name from the model registry (`build-dataset models list`), a "
+                       "local mini-Xception .hdf5 file, or a YAML config of any torch or ONNX classifier.")
+    weight: float = Field(default=1.0, gt=0, le=100, description="Weight of this expert in the pool.")
+
+
+class FaceCrop(_Strict):
+    """How faces are found and cropped before labellers see them (MTCNN, 5-point alignment)."""
+
+    min_score: float = Field(default=0.9, ge=0, le=1, description="Minimum MTCNN face score.")
+    min_size: float = Field(default=32, ge=8, description="Minimum face box side in pixels.")
+    size: int = Field(default=112, ge=32, le=512, description="Side of the aligned face crop in pixels.")
+    margin: float = Field(default=0.2, ge=0, le=1, description="Extra context around the ArcFace-aligned face "
+                          "(0.2 shows 20 % more); 0 is the tight recognition crop.")
+
+
+class Labelling(_Strict):
+    """Expert models confirm, correct or reject each sample's label (SynFER's label calibration)."""
+
+    experts: list[ExpertSpec] = Field(min_length=1, description="Expert FER models; their label orders are mapped "
+                                      "to the manifest's by emotion name.")
+    combine: Literal["product", "weighted_vote"] = Field(
+        default="product", description="Pool the labellers by product of experts (weighted geometric mean) or "
+        "weighted vote (weighted mean).")
+    min_confidence: float = Field(default=0.5, ge=0, le=1,
+                                  description="Reject samples whose pooled final-class probability is lower.")
+    min_agreement: float = Field(default=0.5, ge=0, le=1, description="Reject samples where a smaller weighted "
+                                 "share of labellers has the final class as its top class.")
+    relabel: bool = Field(default=False, description="Give a sample the labellers' class when they confidently "
+                          "agree on another class than its target; otherwise such samples are rejected.")
+    faces: FaceCrop = Field(default_factory=FaceCrop, description="Face detection and crop for the labellers.")
+
+    @field_validator("experts")
+    @classmethod
+    def _unique_names(cls, experts: list[ExpertSpec]) -> list[ExpertSpec]:
+        names = [e.name for e in experts]
+        for name in names:
+            if names.count(name) > 1:
+                raise _fail("duplicate_expert", "expert name '{name}' is used twice",
+                            "give every expert its own name", name=name)
+        return experts
+
+
 class Output(_Strict):
     """Dataset splits and how work is sharded."""
 
@@ -441,6 +489,8 @@ class Manifest(_Strict):
     prompts: Prompts = Field(description="Prompt templates and axes.")
     aus: ActionUnits = Field(default_factory=ActionUnits, description="Action unit targets per class.")
     generator: Generator = Field(description="Diffusion model and sampling settings.")
+    labelling: Labelling | None = Field(default=None, description="Label calibration by expert models; without "
+                                        "it, labels are the generation targets, unverified.")
     curation: Curation = Field(default_factory=Curation, description="Curation stage settings.")
     output: Output = Field(default_factory=Output, description="Splits and sharding.")
 

@@ -19,8 +19,25 @@ def shard_stages(manifest: Manifest) -> list[Stage]:
     stages += [GenerateStage(manifest.generator, manifest.aus.names, manifest.labels.names, manifest.seed)]
     if manifest.curation.integrity.enabled:
         stages.append(IntegrityFilter(manifest.curation.integrity))
+    if manifest.labelling is not None:
+        from .label import LabelStage
+
+        guidance = manifest.generator.guidance
+        stages.append(LabelStage(manifest.labelling, manifest.labels.names, manifest.generator.device,
+                                 guide=guidance.classifier if guidance is not None else None))
     return stages
 
 
 def stage_names(manifest: Manifest) -> list[str]:
     return [stage.name for stage in shard_stages(manifest)]
+
+
+def guard_warnings(manifest: Manifest) -> list[str]:
+    """Warnings about a manifest's set-up that are allowed but weaken the dataset."""
+    out = []
+    guidance, labelling = manifest.generator.guidance, manifest.labelling
+    if (guidance is not None and labelling is not None and len(labelling.experts) == 1
+            and labelling.experts[0].model == guidance.classifier):
+        out.append(f"the guide model '{guidance.classifier}' is also the only labeller: labels it steered towards "
+                   "are confirmed by the same model (add an independent expert; the data card says so)")
+    return out

@@ -21,8 +21,11 @@ class Record:
     """One sample: its spec (from the manifest) plus what stages add.
 
     ``image`` is a path relative to the build folder, set by the generation
-    stage. ``scores`` holds per-stage measurements (name -> number). ``drop`` is
-    set by the stage that rejects the record.
+    stage. ``scores`` holds per-stage measurements (name -> number). ``face``
+    is the detected face (box, score, landmarks, number of faces) once a stage
+    has looked for one; ``labelling`` holds every labeller's probabilities and
+    the calibration verdict (``builder.calibrate``). ``drop`` is set by the
+    stage that rejects the record.
     """
 
     sample_id: str
@@ -36,6 +39,8 @@ class Record:
     seed: int
     image: str | None = None
     scores: dict[str, float] = field(default_factory=dict)
+    face: dict | None = None
+    labelling: dict | None = None
     drop: Drop | None = None
 
     def to_json(self) -> str:

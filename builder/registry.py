@@ -117,6 +117,21 @@ REGISTRY: dict[str, ModelEntry] = {
             labels=LABEL_MAPS["fer2013"],
             preprocessing="64x64 grayscale (ITU-R 601), x/255 scaled to [-1, 1] as (x - 0.5) * 2; face crop",
         ),
+        *(
+            ModelEntry(
+                name=f"mtcnn-{net}",
+                kind="face-detector",
+                source=WheelMember("facenet-pytorch", "2.6.0", f"facenet_pytorch/data/{net}.pt"),
+                sha256=sha,
+                license="mit",
+                description=f"MTCNN {net.upper()[0]}-net (Zhang et al. 2016; weights as shipped by facenet-pytorch): "
+                            "one of the three cascaded face detector stages run by curation.mtcnn",
+                preprocessing="RGB 0-255, (x - 127.5) / 128; torch state dict (loaded with weights_only=True)",
+            )
+            for net, sha in (("pnet", "a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f"),
+                             ("rnet", "bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86"),
+                             ("onet", "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d"))
+        ),
         ModelEntry(
             name="tiny-sd",
             kind="diffusion-pipeline",

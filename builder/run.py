@@ -19,6 +19,7 @@ from . import __version__
 from .errors import OutputDirError
 from .executor import LocalExecutor, ShardTask
 from .manifest import Manifest
+from .pipeline import guard_warnings
 from .shards import ShardStore
 
 BUILD_FILE = "build.json"
@@ -54,6 +55,8 @@ def build(manifest: Manifest, out: Path, executor=None, progress: bool = True, l
             log(f"{out}: build is complete, nothing to do")
             return BuildResult(out, 0, False, json.loads((out / "stats.json").read_text()))
         if pending:
+            for warning in guard_warnings(manifest):
+                log(f"warning: {warning}")
             done = manifest.num_shards() - len(pending)
             log(f"{len(pending)} of {manifest.num_shards()} shards to process" + (f" ({done} already done)" if done else ""))
             (executor or LocalExecutor()).run(task, pending, progress=progress)

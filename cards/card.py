@@ -38,6 +38,31 @@ def _guidance(g: dict | None) -> str:
             "to label or evaluate this data: it would agree with itself")
 
 
+def _labels_section(lab: dict | None, names: list[str]) -> list[str]:
+    if not lab:
+        return ["Each `label` is the expression the image was *prompted* for. No classifier has confirmed it: this "
+                "build ran no label calibration, so expect some images not to show their label."]
+    rule = {"product": "product of experts (weighted geometric mean)", "weighted_vote": "weighted vote"}[lab["combine"]]
+    lines = [f"Every image was checked by expert FER models after face detection and alignment (MTCNN). Their "
+             f"probabilities were pooled by {rule}; an image was kept when the pooled confidence was at least "
+             f"{lab['min_confidence']:g} and a weighted share of at least {lab['min_agreement']:g} of the experts "
+             f"agreed; " + ("images the experts confidently put in another class were relabelled"
+                           if lab["relabel"] else "images the experts put in another class were dropped")
+             + ". `target_label` is the prompted class, `label` the final one, and each expert's probabilities "
+             "are in its `probs_<name>` column.", "",
+             _table(["expert", "model", "sha256", "weight", "classes it cannot predict"],
+                    [[e["name"], f"`{e['model']}`", f"`{e['sha256'][:16]}…`", f"{e['weight']:g}",
+                      ", ".join(e["unknown_classes"]) or "none"] for e in lab["experts"]]),
+             "", "Dispositions: " + ", ".join(f"{k} {v}" for k, v in lab["dispositions"].items())
+             + (f"; mean confidence of released images {lab['mean_confidence_released']:.3f}."
+                if lab.get("mean_confidence_released") is not None else ".")]
+    if lab.get("guide_is_only_labeller"):
+        lines += ["", "> **Warning: the model that guided generation is also the only labeller.** Its confirmations "
+                      "are not independent evidence: it tends to agree with images it steered. Treat these labels "
+                      "as unverified."]
+    return lines
+
+
 def render_card(manifest: Manifest, stats: dict, provenance: dict):
     """A ``huggingface_hub.DatasetCard`` for the build."""
     from huggingface_hub import DatasetCard, DatasetCardData
@@ -99,8 +124,7 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict):
         [[name, s["in"], s["kept"], ", ".join(f"{r}: {c}" for r, c in s["dropped"].items()) or "none"]
          for name, s in stats["stages"].items()],
     )]
-    parts += ["", "## Labels", "", "Each `label` is the expression the image was *prompted* for. No classifier has "
-              "confirmed it: this build ran no label calibration, so expect some images not to show their label."]
+    parts += ["", "## Labels", "", *_labels_section(stats.get("labelling"), names)]
     parts += ["", "## Intended use and limitations", "",
               "Research on facial expression recognition with synthetic training data. Prompted demographic "
               "attributes describe the prompt, not a verified property of the image. Synthetic images can carry "

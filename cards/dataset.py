@@ -35,6 +35,15 @@ def features(manifest: Manifest):
     cols.update({axis: Value("string") for axis in manifest.prompts.all_axes})
     if manifest.generator.layout is not None:
         cols["layout_reference"] = Value("string")
+    if manifest.labelling is not None:
+        cols.update({
+            "target_label": ClassLabel(names=list(manifest.labels.names)),
+            "label_disposition": Value("string"),
+            "label_confidence": Value("float32"),
+            "label_agreement": Value("float32"),
+        })
+        cols.update({f"probs_{e.name}": List(Value("float32"), length=len(manifest.labels.names))
+                     for e in manifest.labelling.experts})
     cols.update({
         "generator_model": Value("string"),
         "generator_revision": Value("string"),
@@ -43,7 +52,15 @@ def features(manifest: Manifest):
     return Features(cols)
 
 
-def row(record: Record, root: Path, provenance: dict) -> dict:
+def labelling_columns(record: Record, names) -> dict:
+    """The label-calibration columns of a labelled record (see ``features``)."""
+    lab = record.labelling
+    return {"target_label": list(names).index(lab["target"]), "label_disposition": lab["disposition"],
+            "label_confidence": lab["confidence"], "label_agreement": lab["agreement"],
+            **{f"probs_{name}": probs for name, probs in lab["experts"].items()}}
+
+
+def row(record: Record, root: Path, provenance: dict, names=()) -> dict:
     return {
         "image": {"bytes": (root / record.image).read_bytes(), "path": Path(record.image).name},
         "label": record.label,
@@ -56,6 +73,7 @@ def row(record: Record, root: Path, provenance: dict) -> dict:
         "generator_model": provenance["model"],
         "generator_revision": provenance["revision"],
         "generator_weights_sha256": provenance["weights_sha256"],
+        **(labelling_columns(record, names) if record.labelling else {}),
     }
 
 
@@ -73,7 +91,7 @@ def build_dataset_dict(splits: dict[str, list[Record]], manifest: Manifest, prov
 
         def gen(records=records):
             for rec in records:
-                yield row(rec, root, provenance)
+                yield row(rec, root, provenance, manifest.labels.names)
 
         ds = Dataset.from_generator(
             gen, features=feats, cache_dir=str(cache_dir), split=NamedSplit(name), fingerprint=fingerprint

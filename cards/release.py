@@ -15,7 +15,7 @@ from pathlib import Path
 from builder import __version__
 from builder.errors import OutputDirError
 from builder.manifest import Manifest
-from builder.records import write_jsonl
+from builder.records import Record, write_jsonl
 from builder.shards import ShardStore
 
 from .card import render_card
@@ -43,6 +43,18 @@ def stage_totals(store: ShardStore, stage: str, shards: range) -> dict:
     total["dropped"] = dict(sorted(total["dropped"].items()))
     total["seconds"] = round(total["seconds"], 3)
     return total
+
+
+def labelling_stats(store: ShardStore, stages: list[str], shards: range, kept: list[Record]) -> dict | None:
+    """The label stage's set-up (experts, rule, thresholds, guard) and how many samples got each disposition."""
+    if "label" not in stages or not shards:
+        return None
+    meta = store.stats("label", 0)["meta"]
+    judged = [r for r in kept if r.labelling] + [r for s in shards for r in store.rejected("label", s) if r.labelling]
+    dispositions = Counter(r.labelling["disposition"] for r in judged)
+    confidences = [r.labelling["confidence"] for r in kept if r.labelling]
+    return {**meta, "dispositions": dict(sorted(dispositions.items())),
+            "mean_confidence_released": round(sum(confidences) / len(confidences), 4) if confidences else None}
 
 
 def generator_provenance(store: ShardStore, shards: range) -> dict:
@@ -111,6 +123,7 @@ def release(manifest: Manifest, root: Path, stages: list[str], fingerprint: str,
         "guidance": generate_meta.get("guidance"),
         "layout": generate_meta.get("layout"),
         "prompts": prompts,
+        "labelling": labelling_stats(store, stages, shards, kept),
     }
     stats["stages"]["release"] = {"in": len(kept), "kept": len(kept), "dropped": {},
                                   "seconds": round(time.perf_counter() - started, 3)}

@@ -59,6 +59,10 @@ cases = {
  "template-set-unknown": (sub('  templates: ["a photo of a {age} person with a {expression} face"]\n', '  template_set: grid\n'), ["field 'prompts.template_set' (line 5)", "(got 'grid')", "'syntfer'"]),
  "layout-missing-images": (sub('steps: 4', 'steps: 4, layout: {folder: refs}'), ["field 'generator.layout.folder' (line 8)", "unknown key", "keys allowed here: images"]),
  "enrich-zero-tokens": (sub('    age: {values: [young, old]}\n', '    age: {values: [young, old]}\n  enrich: {model: lm, max_new_tokens: 0}\n'), ["field 'prompts.enrich.max_new_tokens' (line 8)", "greater than 0", "a value > 0"]),
+ "labelling-duplicate-expert": (base + "labelling:\n  experts:\n    - {name: fer, model: mini-xception-fer2013}\n    - {name: fer, model: other.yaml}\n", ["field 'labelling.experts' (line 10)", "expert name 'fer' is used twice", "fix: give every expert its own name"]),
+ "labelling-combine-unknown": (base + "labelling:\n  experts: [{name: fer, model: mini-xception-fer2013}]\n  combine: median\n", ["field 'labelling.combine' (line 11)", "'product' or 'weighted_vote'"]),
+ "labelling-no-experts": (base + "labelling:\n  experts: []\n", ["field 'labelling.experts' (line 10)", "at least 1 item"]),
+ "labelling-confidence-range": (base + "labelling:\n  experts: [{name: fer, model: mini-xception-fer2013}]\n  min_confidence: 1.5\n", ["field 'labelling.min_confidence' (line 11)", "less than or equal to 1", "a value <= 1"]),
  "counts-list": (sub("counts: 2", "counts: [1, 2]"), ["field 'labels.counts' (line 3)", "valid integer", "whole number"]),
 }
 out = Path("tests/manifests/bad")

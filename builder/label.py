@@ -1,0 +1,121 @@
+"""The 'label' stage: find the face, let the experts judge it, keep, relabel or reject the sample.
+
+Per record: read the image, detect faces with MTCNN (or reuse ``record.face``
+from an earlier face stage), align the primary face by its landmarks, run
+every expert on the crops of the whole shard in one batch, and apply the
+calibration rule (``builder.calibrate``). Every expert's probabilities and the
+verdict are stored in ``record.labelling`` for review, kept or not.
+Drop reasons: ``no_face``, ``low_confidence``, ``disagreement``,
+``label_mismatch``, and ``error`` for an image that cannot be read.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from .calibrate import Opinion, decide
+from .records import Drop, Record
+from .stage import Resources, ShardContext, Stage
+
+
+def face_entry(detection, count: int) -> dict:
+    """The JSON form of a detection stored in ``record.face``."""
+    return {"box": [round(v, 2) for v in detection.box], "score": round(detection.score, 5),
+            "landmarks": [[round(x, 2), round(y, 2)] for x, y in detection.landmarks], "count": count}
+
+
+class LabelStage(Stage):
+    """Expert labelling with face detection in front (see the module docstring)."""
+
+    name = "label"
+    resources = Resources(cpus=1.0, gpus=0.0)
+
+    def __init__(self, spec, label_names, device: str = "cpu", guide: str | None = None):
+        self.spec = spec
+        self.label_names = tuple(label_names)
+        self.requested_device = device
+        self.guide = guide
+        self.experts = []
+        self.detector = None
+
+    def setup(self) -> None:
+        from curation.faces import load_detector
+
+        from .experts import load_experts
+        from .models import resolve_device
+
+        device = resolve_device(self.requested_device)
+        self.detector = load_detector(device)
+        self.experts = load_experts(self.spec.experts, device)
+        self.known = {e.name: e.known(self.label_names) for e in self.experts}
+
+    @property
+    def guide_is_only_labeller(self) -> bool:
+        """True when the model that guided generation is also the only labeller (its labels then confirm
+        themselves)."""
+        return self.guide is not None and len(self.spec.experts) == 1 and self.spec.experts[0].model == self.guide
+
+    def meta(self) -> dict:
+        return {"experts": [e.describe(self.label_names) for e in self.experts], "combine": self.spec.combine,
+                "min_confidence": self.spec.min_confidence, "min_agreement": self.spec.min_agreement,
+                "relabel": self.spec.relabel, "guide_is_only_labeller": self.guide_is_only_labeller}
+
+    def _crop(self, record: Record, ctx: ShardContext) -> np.ndarray | None:
+        from PIL import Image
+
+        from curation.faces import FacePolicy, align, primary
+
+        with Image.open(ctx.resolve(record.image)) as im:
+            image = np.asarray(im.convert("RGB"))
+        faces = self.spec.faces
+        if record.face is None:
+            found = FacePolicy(faces.min_score, faces.min_size).keep(self.detector.detect(image))
+            best = primary(found)
+            if best is None:
+                return None
+            record.face = face_entry(best, len(found))
+        return align(image, record.face["landmarks"], faces.size, faces.margin)
+
+    def process(self, records: list[Record], ctx: ShardContext) -> Iterator[Record]:
+        import torch
+
+        crops, with_face = [], []
+        for record in records:
+            try:
+                crop = self._crop(record, ctx)
+            except Exception as exc:  # a bad sample is counted and skipped, never a crash
+                record.drop = Drop(self.name, "error", f"{type(exc).__name__}: {exc}")
+                continue
+            if crop is None:
+                record.drop = Drop(self.name, "no_face", f"no face with score >= {self.spec.faces.min_score} "
+                                   f"and side >= {self.spec.faces.min_size:g} px")
+                continue
+            crops.append(crop)
+            with_face.append(record)
+        if with_face:
+            batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255
+            predictions = {e.name: e.predict(batch, self.label_names) for e in self.experts}
+            weights = {e.name: e.weight for e in self.experts}
+            for i, record in enumerate(with_face):
+                self._judge(record, {name: p[i] for name, p in predictions.items()}, weights)
+        yield from records
+
+    def _judge(self, record: Record, probs: dict[str, np.ndarray], weights: dict[str, float]) -> None:
+        opinions = [Opinion.of(probs[name], self.known[name], weights[name]) for name in sorted(probs)]
+        target = record.label
+        verdict = decide(opinions, target, self.spec.combine, self.spec.min_confidence, self.spec.min_agreement,
+                         self.spec.relabel)
+        record.labelling = {
+            "target": self.label_names[target], "final": self.label_names[verdict.label],
+            "confidence": round(verdict.confidence, 6), "agreement": round(verdict.agreement, 6),
+            "disposition": verdict.disposition, "reason": verdict.reason,
+            "pooled": [round(p, 6) for p in verdict.pooled],
+            "experts": {name: [round(float(v), 6) for v in probs[name]] for name in sorted(probs)},
+        }
+        if verdict.disposition == "relabelled":
+            record.label, record.label_name = verdict.label, self.label_names[verdict.label]
+        elif verdict.disposition == "rejected":
+            record.drop = Drop(self.name, verdict.reason,
+                               f"final {self.label_names[verdict.label]} (target {self.label_names[target]}), "
+                               f"confidence {verdict.confidence:.3f}, agreement {verdict.agreement:.3f}")
