@@ -23,7 +23,7 @@ Pure numpy: no torch, unit-tested on hand-made probabilities.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -112,8 +112,3 @@ def decide(opinions: Sequence[Opinion], target: int | None, rule: str = "product
         return Verdict(final, disposition="relabelled", reason="", **common)
     return Verdict(final, disposition="rejected", reason="label_mismatch", **common)
 
-
-def opinions_from(predictions: Mapping[str, Sequence[float]], known: Mapping[str, Sequence[bool]],
-                  weights: Mapping[str, float]) -> list[Opinion]:
-    """Opinions from per-labeller records (name -> probs / known flags / weight), in name order."""
-    return [Opinion.of(predictions[name], known[name], weights.get(name, 1.0)) for name in sorted(predictions)]

@@ -9,9 +9,9 @@ classifiers exported from PyTorch, Keras (tf2onnx) and the ONNX model zoo use,
 including the shape arithmetic exporters emit (Shape, Gather, Slice, Concat,
 Reshape ...). An op outside the set is refused at load time, naming the op.
 
-Only the standard ``ai.onnx`` domain is read; opset 7 to 21 attribute and
-input conventions are both handled where they changed (Squeeze/Unsqueeze/
-Reduce* axes, Slice, Pad, Clip, Split).
+Only the standard ``ai.onnx`` domain is read. Where an op moved an attribute
+to an input across opsets (Squeeze/Unsqueeze/Reduce* axes, Slice, Pad, Clip,
+Split), both forms are handled; the tests cover opsets 1 to 18.
 """
 from __future__ import annotations
 
@@ -126,12 +126,16 @@ def _pool(node, x, kind):
         fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[n]
         return fn(x, kernel, strides, sym, dilation=dilations, ceil_mode=ceil)
     include = bool(node.attrs.get("count_include_pad", 0))
-    if pre is not None:
-        if not include:
-            raise NotImplementedError("AveragePool with asymmetric pads and count_include_pad=0")
-        x = F.pad(x, _torch_pad(pre))
     fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[n]
-    return fn(x, kernel, strides, sym, ceil_mode=ceil, count_include_pad=include)
+    if pre is None:
+        return fn(x, kernel, strides, sym, ceil_mode=ceil, count_include_pad=include)
+    padded = F.pad(x, _torch_pad(pre))
+    total = fn(padded, kernel, strides, 0, ceil_mode=ceil, count_include_pad=True)
+    if include:
+        return total
+    # asymmetric pads that do not count: divide by the share of real (unpadded) inputs in each window
+    ones = F.pad(torch.ones_like(x[:1, :1]), _torch_pad(pre))
+    return total / fn(ones, kernel, strides, 0, ceil_mode=ceil, count_include_pad=True)
 
 
 def _gemm(node, a, b, c=None):
@@ -277,7 +281,7 @@ def _constant(node):
                 return value
             dtype = torch.float32 if key.startswith("value_float") else torch.int64
             return torch.tensor(value, dtype=dtype)
-    raise NotImplementedError(f"Constant without a tensor value ({sorted(node.attrs)})")
+    raise ValueError(f"Constant without a numeric tensor value ({sorted(node.attrs)})")
 
 
 def _constant_of_shape(node, shape):
@@ -377,7 +381,6 @@ class OnnxModule(nn.Module):
 
         graph = model.graph
         self.source = source
-        domains = {op.domain or "ai.onnx": op.version for op in model.opset_import}
         self._names: dict[str, str] = {}
         for i, init in enumerate(graph.initializer):
             key = f"init_{i}"
@@ -402,7 +405,6 @@ class OnnxModule(nn.Module):
         if unknown:
             raise ModelLoadError(f"ONNX ops not supported by the torch runner: {', '.join(unknown)}", file=source,
                                  fix=f"export with standard image-classifier ops (supported: {', '.join(sorted(OPS))})")
-        self.opset = domains.get("ai.onnx", 0)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         values: dict[str, torch.Tensor] = {self.input_name: x}
@@ -414,7 +416,7 @@ class OnnxModule(nn.Module):
                 args.pop()
             try:
                 out = OPS[node.op](node, *args)
-            except (RuntimeError, NotImplementedError, IndexError, ValueError, KeyError, TypeError) as exc:
+            except (RuntimeError, IndexError, ValueError, KeyError, TypeError) as exc:
                 raise ModelLoadError(f"ONNX node '{node.name}' ({node.op}) failed: {str(exc).splitlines()[0]}",
                                      file=self.source, fix="check the input size and layout in the classifier "
                                      "config match what the model was exported with") from None
