@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .fer import FERClassifier
+from .fer import FERClassifier, align_labels
 
 
 @dataclass
@@ -29,8 +29,8 @@ class Expert:
 
     def known(self, label_names: Sequence[str]) -> np.ndarray:
         """Which of ``label_names`` this expert can predict."""
-        _, missing = self.classifier.map_probs(torch.zeros(1, len(self.classifier.labels)), label_names)
-        return np.array([name not in missing for name in label_names])
+        indices, _ = align_labels(self.classifier.labels, label_names)
+        return np.array([i is not None for i in indices])
 
     @torch.no_grad()
     def predict(self, crops: torch.Tensor, label_names: Sequence[str]) -> np.ndarray:

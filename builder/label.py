@@ -31,12 +31,13 @@ class LabelStage(Stage):
     name = "label"
     resources = Resources(cpus=1.0, gpus=0.0)
 
-    def __init__(self, spec, label_names, device: str = "cpu", guide: str | None = None):
+    def __init__(self, spec, label_names, device: str = "cpu", guide_is_only_labeller: bool = False):
         self.spec = spec
         self.label_names = tuple(label_names)
         self.requested_device = device
-        self.guide = guide
+        self.guide_is_only_labeller = guide_is_only_labeller
         self.experts = []
+        self.known = {}
         self.detector = None
 
     def setup(self) -> None:
@@ -49,12 +50,6 @@ class LabelStage(Stage):
         self.detector = load_detector(device)
         self.experts = load_experts(self.spec.experts, device)
         self.known = {e.name: e.known(self.label_names) for e in self.experts}
-
-    @property
-    def guide_is_only_labeller(self) -> bool:
-        """True when the model that guided generation is also the only labeller (its labels then confirm
-        themselves)."""
-        return self.guide is not None and len(self.spec.experts) == 1 and self.spec.experts[0].model == self.guide
 
     def meta(self) -> dict:
         return {"experts": [e.describe(self.label_names) for e in self.experts], "combine": self.spec.combine,

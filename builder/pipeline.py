@@ -22,9 +22,8 @@ def shard_stages(manifest: Manifest) -> list[Stage]:
     if manifest.labelling is not None:
         from .label import LabelStage
 
-        guidance = manifest.generator.guidance
         stages.append(LabelStage(manifest.labelling, manifest.labels.names, manifest.generator.device,
-                                 guide=guidance.classifier if guidance is not None else None))
+                                 guide_is_only_labeller=guide_is_only_labeller(manifest)))
     return stages
 
 
@@ -32,12 +31,18 @@ def stage_names(manifest: Manifest) -> list[str]:
     return [stage.name for stage in shard_stages(manifest)]
 
 
+def guide_is_only_labeller(manifest: Manifest) -> bool:
+    """True when the model that guided generation is also the only labeller (its labels confirm themselves)."""
+    guidance, labelling = manifest.generator.guidance, manifest.labelling
+    return (guidance is not None and labelling is not None and len(labelling.experts) == 1
+            and labelling.experts[0].model == guidance.classifier)
+
+
 def guard_warnings(manifest: Manifest) -> list[str]:
     """Warnings about a manifest's set-up that are allowed but weaken the dataset."""
     out = []
-    guidance, labelling = manifest.generator.guidance, manifest.labelling
-    if (guidance is not None and labelling is not None and len(labelling.experts) == 1
-            and labelling.experts[0].model == guidance.classifier):
-        out.append(f"the guide model '{guidance.classifier}' is also the only labeller: labels it steered towards "
-                   "are confirmed by the same model (add an independent expert; the data card says so)")
+    if guide_is_only_labeller(manifest):
+        out.append(f"the guide model '{manifest.generator.guidance.classifier}' is also the only labeller: labels "
+                   "it steered towards are confirmed by the same model (add an independent expert; the data card "
+                   "says so)")
     return out

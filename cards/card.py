@@ -38,7 +38,7 @@ def _guidance(g: dict | None) -> str:
             "to label or evaluate this data: it would agree with itself")
 
 
-def _labels_section(lab: dict | None, names: list[str]) -> list[str]:
+def _labels_section(lab: dict | None) -> list[str]:
     if not lab:
         return ["Each `label` is the expression the image was *prompted* for. No classifier has confirmed it: this "
                 "build ran no label calibration, so expect some images not to show their label."]
@@ -124,7 +124,7 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict):
         [[name, s["in"], s["kept"], ", ".join(f"{r}: {c}" for r, c in s["dropped"].items()) or "none"]
          for name, s in stats["stages"].items()],
     )]
-    parts += ["", "## Labels", "", *_labels_section(stats.get("labelling"), names)]
+    parts += ["", "## Labels", "", *_labels_section(stats.get("labelling"))]
     parts += ["", "## Intended use and limitations", "",
               "Research on facial expression recognition with synthetic training data. Prompted demographic "
               "attributes describe the prompt, not a verified property of the image. Synthetic images can carry "

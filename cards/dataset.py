@@ -60,7 +60,7 @@ def labelling_columns(record: Record, names) -> dict:
             **{f"probs_{name}": probs for name, probs in lab["experts"].items()}}
 
 
-def row(record: Record, root: Path, provenance: dict, names=()) -> dict:
+def row(record: Record, root: Path, provenance: dict, names) -> dict:
     return {
         "image": {"bytes": (root / record.image).read_bytes(), "path": Path(record.image).name},
         "label": record.label,

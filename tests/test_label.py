@@ -100,10 +100,10 @@ def record(i: int, image: str | None, label: str) -> Record:
                   prompt="p", negative_prompt="", seed=i, image=image)
 
 
-def run_label_stage(tmp_path, labelling: Labelling, records, guide=None):
+def run_label_stage(tmp_path, labelling: Labelling, records):
     from builder.label import LabelStage
 
-    stage = LabelStage(labelling, RAFDB, "cpu", guide=guide)
+    stage = LabelStage(labelling, RAFDB, "cpu")
     stage.setup()
     store = ShardStore(tmp_path)
     kept = run_stage_on_shard(stage, store, 0, records)
