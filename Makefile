@@ -5,10 +5,17 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test install schema clean
+.PHONY: demo faces label-photos test install schema clean
 
 demo: $(STAMP)
 	$(BIN)/build-dataset manifests/demo.yaml --out out/demo
+
+# Real face photos from installed packages, then the images-source example on them.
+faces: $(STAMP)
+	$(BIN)/python -m builder.example_faces out/faces
+
+label-photos: faces
+	$(BIN)/build-dataset manifests/label-photos.yaml --out out/label-photos
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

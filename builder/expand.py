@@ -85,5 +85,9 @@ def iter_specs(manifest: Manifest, indices: range | None = None, classes: list[i
 
 
 def shard_specs(manifest: Manifest, shard: int, shard_size: int | None = None) -> list[Record]:
-    """Specs of one shard."""
+    """Specs of one shard (listed images, with an ``images`` source)."""
+    if manifest.images is not None:
+        from .sources import image_specs
+
+        return image_specs(manifest, shard_bounds(manifest, shard, shard_size))
     return list(iter_specs(manifest, shard_bounds(manifest, shard, shard_size)))

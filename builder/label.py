@@ -4,8 +4,9 @@ Per record: read the image, detect faces with MTCNN (or reuse ``record.face``
 from an earlier face stage), align the primary face by its landmarks, run
 every expert on the crops of the whole shard in one batch, and apply the
 calibration rule (``builder.calibrate``). Every expert's probabilities and the
-verdict are stored in ``record.labelling`` for review, kept or not.
-Drop reasons: ``no_face``, ``low_confidence``, ``disagreement``,
+verdict are stored in ``record.labelling`` for review, kept or not. A record
+without a class (``label`` -1: an existing image) is ``labelled`` with the
+pooled class when the thresholds pass. Drop reasons: ``no_face``, ``low_confidence``, ``disagreement``,
 ``label_mismatch``, and ``error`` for an image that cannot be read.
 """
 from __future__ import annotations
@@ -98,19 +99,21 @@ class LabelStage(Stage):
 
     def _judge(self, record: Record, probs: dict[str, np.ndarray], weights: dict[str, float]) -> None:
         opinions = [Opinion.of(probs[name], self.known[name], weights[name]) for name in sorted(probs)]
-        target = record.label
+        target = record.label if record.label >= 0 else None  # -1: an existing image with no class yet
         verdict = decide(opinions, target, self.spec.combine, self.spec.min_confidence, self.spec.min_agreement,
                          self.spec.relabel)
         record.labelling = {
-            "target": self.label_names[target], "final": self.label_names[verdict.label],
+            "target": self.label_names[target] if target is not None else None,
+            "final": self.label_names[verdict.label],
             "confidence": round(verdict.confidence, 6), "agreement": round(verdict.agreement, 6),
             "disposition": verdict.disposition, "reason": verdict.reason,
             "pooled": [round(p, 6) for p in verdict.pooled],
             "experts": {name: [round(float(v), 6) for v in probs[name]] for name in sorted(probs)},
         }
-        if verdict.disposition == "relabelled":
+        if verdict.disposition in ("relabelled", "labelled"):
             record.label, record.label_name = verdict.label, self.label_names[verdict.label]
         elif verdict.disposition == "rejected":
             record.drop = Drop(self.name, verdict.reason,
-                               f"final {self.label_names[verdict.label]} (target {self.label_names[target]}), "
+                               f"final {self.label_names[verdict.label]} (target "
+                               f"{self.label_names[target] if target is not None else 'none'}), "
                                f"confidence {verdict.confidence:.3f}, agreement {verdict.agreement:.3f}")

@@ -27,7 +27,7 @@ NOT_IDENTITY = ("device", "batch_size")
 RESERVED_COLUMNS = frozenset(
     {"image", "label", "au", "prompt", "negative_prompt", "seed", "sample_id", "expression", "au_cues", "au_names",
      "generator_model", "generator_revision", "generator_weights_sha256", "layout_reference", "target_label",
-     "label_disposition", "label_confidence", "label_agreement"}
+     "label_disposition", "label_confidence", "label_agreement", "source_file"}
 )
 _IDENT = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -191,9 +191,11 @@ class Labels(_Strict):
         Annotated[Annotated[int, Field(ge=0)], Tag("count")]
         | Annotated[dict[str, Annotated[int, Field(ge=0)]], Tag("per_class")],
         Discriminator(lambda v: "per_class" if isinstance(v, dict) else "count"),
-    ] = Field(
+    ] | None = Field(
+        default=None,
         description="Samples to generate: one integer for every class, or a mapping class name -> "
-        "count (classes not listed get 0)."
+        "count (classes not listed get 0). Required when generating; not allowed with an 'images' source "
+        "(the labellers decide the classes).",
     )
 
     @model_validator(mode="after")
@@ -210,7 +212,7 @@ class Labels(_Strict):
                         name=name,
                         label_map=self.label_map,
                     )
-        if sum(self.per_class().values()) == 0:
+        if self.counts is not None and sum(self.per_class().values()) == 0:
             raise _fail("no_samples", "asks for 0 samples in total", "give at least one class a positive count")
         return self
 
@@ -219,7 +221,9 @@ class Labels(_Strict):
         return LABEL_MAPS[self.label_map]
 
     def per_class(self) -> dict[str, int]:
-        """Count for every class of the label map, in label order."""
+        """Count for every class of the label map, in label order (all 0 without counts)."""
+        if self.counts is None:
+            return {n: 0 for n in self.names}
         if isinstance(self.counts, int):
             return {n: self.counts for n in self.names}
         return {n: self.counts.get(n, 0) for n in self.names}
@@ -424,6 +428,12 @@ class Labelling(_Strict):
     relabel: bool = Field(default=False, description="Give a sample the labellers' class when they confidently "
                           "agree on another class than its target; otherwise such samples are rejected.")
     faces: FaceCrop = Field(default_factory=FaceCrop, description="Face detection and crop for the labellers.")
+    device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",
+        description="Where the face detector and the labellers run: 'auto' (first GPU if any, else CPU), 'cpu', "
+        "'cuda', 'cuda:N' or 'mps'. Not part of the build's identity.",
+    )
 
     @field_validator("experts")
     @classmethod
@@ -434,6 +444,32 @@ class Labelling(_Strict):
                 raise _fail("duplicate_expert", "expert name '{name}' is used twice",
                             "give every expert its own name", name=name)
         return experts
+
+
+class ImagesSource(_Strict):
+    """Label an existing collection of face images instead of generating them (SyntFER's pseudo-labelling)."""
+
+    folder: str | None = Field(default=None, min_length=1, description="Folder of images (png, jpg, jpeg, webp, "
+                               "bmp), read in sorted path order; hidden files and folders are skipped.")
+    recursive: bool = Field(default=True, description="With folder: include images in sub-folders.")
+    dataset: str | None = Field(default=None, min_length=1, description="A Hugging Face dataset saved with "
+                                "save_to_disk (a Dataset or a DatasetDict), instead of folder.")
+    split: str = Field(default="train", min_length=1, description="With dataset: the split to read from a "
+                       "DatasetDict.")
+    image_column: str = Field(default="image", min_length=1, description="With dataset: the column holding the "
+                              "images.")
+    top_k_per_class: int | None = Field(
+        default=None, gt=0,
+        description="Keep at most this many images per class, the most confident first (ties by sample id); "
+        "labelling.min_confidence sets the confidence threshold. Omit to keep every image that passes it.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ImagesSource:
+        if (self.folder is None) == (self.dataset is None):
+            raise _fail("images_source", "needs exactly one of 'folder' and 'dataset'",
+                        "give 'folder: PATH' (a folder of images) or 'dataset: PATH' (a save_to_disk folder)")
+        return self
 
 
 class Output(_Strict):
@@ -486,18 +522,51 @@ class Manifest(_Strict):
     description: str = Field(default="", description="Free text for the data card.")
     seed: int = Field(ge=0, lt=2**63, description="Global seed; with the sample index it fixes every draw.")
     labels: Labels = Field(description="Label map and per-class counts.")
-    prompts: Prompts = Field(description="Prompt templates and axes.")
+    images: ImagesSource | None = Field(
+        default=None, description="Label an existing image collection instead of generating: the images go "
+        "through ingest, the same curation and the labellers, and get the labellers' classes. Replaces "
+        "generator, prompts and labels.counts; needs labelling.")
+    prompts: Prompts | None = Field(default=None, description="Prompt templates and axes (required when "
+                                    "generating).")
     aus: ActionUnits = Field(default_factory=ActionUnits, description="Action unit targets per class.")
-    generator: Generator = Field(description="Diffusion model and sampling settings.")
+    generator: Generator | None = Field(default=None, description="Diffusion model and sampling settings "
+                                        "(required when generating).")
     labelling: Labelling | None = Field(default=None, description="Label calibration by expert models; without "
                                         "it, labels are the generation targets, unverified.")
     curation: Curation = Field(default_factory=Curation, description="Curation stage settings.")
     output: Output = Field(default_factory=Output, description="Splits and sharding.")
 
     @model_validator(mode="after")
+    def _source_sections(self) -> Manifest:
+        if self.images is None:
+            for key, value in (("generator", self.generator), ("prompts", self.prompts)):
+                if value is None:
+                    raise _fail("missing", "required field is missing",
+                                "add '{key}' (see manifests/demo.yaml), or add an 'images' source to label "
+                                "existing images instead of generating", at=key, key=key)
+            if self.labels.counts is None:
+                raise _fail("missing", "required field is missing", "add 'counts': samples to generate per class "
+                            "(one integer, or class name -> count)", at="labels.counts")
+            return self
+        for key, value in (("generator", self.generator), ("prompts", self.prompts),
+                           ("labels.counts", self.labels.counts)):
+            if value is not None:
+                raise _fail("images_conflict", "is not used with an 'images' source",
+                            "remove '{key}': an images source labels existing images, it generates nothing",
+                            at=key, key=key)
+        if self.aus.intensity:
+            raise _fail("images_conflict", "is not used with an 'images' source",
+                        "remove 'aus.intensity': existing images have no AU targets", at="aus.intensity")
+        if self.labelling is None:
+            raise _fail("labelling_required", "required field is missing", "add a 'labelling' section: with an 'images' source "
+                        "the labellers give every image its class", at="labelling")
+        return self
+
+    @model_validator(mode="after")
     def _class_keys_known(self) -> Manifest:
         names = self.labels.names
-        for section, table in (("aus.intensity", self.aus.intensity), ("prompts.expression_text", self.prompts.expression_text)):
+        expression_text = self.prompts.expression_text if self.prompts else {}
+        for section, table in (("aus.intensity", self.aus.intensity), ("prompts.expression_text", expression_text)):
             for cls_name in table:
                 if cls_name not in names:
                     raise _fail(
@@ -511,8 +580,21 @@ class Manifest(_Strict):
                     )
         return self
 
+    @cached_property
+    def listing(self):
+        """The images of the 'images' source (a ``sources.Listing``, read once per manifest object);
+        None when generating."""
+        if self.images is None:
+            return None
+        from .sources import list_images
+
+        return list_images(self.images)
+
     @property
     def total(self) -> int:
+        """Samples in the run: the requested counts, or the images an 'images' source lists."""
+        if self.images is not None:
+            return self.listing.count
         return sum(self.labels.per_class().values())
 
     def num_shards(self, shard_size: int | None = None) -> int:
@@ -520,8 +602,16 @@ class Manifest(_Strict):
         return -(-self.total // size)
 
     def identity(self) -> dict:
-        """The manifest fields that determine the dataset: all but generator.device and .batch_size."""
+        """What determines the dataset: the manifest but generator.device, .batch_size and labelling.device;
+        with an 'images' source, also the listing of its images (a changed folder is another dataset)."""
         data = self.model_dump(mode="json")
-        for key in NOT_IDENTITY:
-            data["generator"].pop(key, None)
+        if data["generator"] is not None:
+            for key in NOT_IDENTITY:
+                data["generator"].pop(key, None)
+        if data["labelling"] is not None:
+            data["labelling"].pop("device", None)
+        if self.images is None:
+            del data["images"]  # generation manifests keep the fingerprints they had before images sources
+        else:
+            data["images"]["listing_sha256"] = self.listing.sha256
         return data

@@ -27,7 +27,14 @@ def load_manifest(path: str | Path, model: type[BaseModel] = Manifest):
     except UnicodeDecodeError as exc:
         raise ManifestError(f"is not UTF-8 text (byte {exc.start})", file=shown,
                             fix="save the manifest as UTF-8 YAML") from None
-    return parse_manifest(text, source=shown, model=model)
+    manifest = parse_manifest(text, source=shown, model=model)
+    if isinstance(manifest, Manifest) and manifest.images is not None:
+        try:
+            manifest.listing  # noqa: B018 (reads the source now: a missing or empty one is an error in this file)
+        except ManifestError as exc:
+            exc.file = shown
+            raise
+    return manifest
 
 
 def parse_manifest(text: str, source: str = "<manifest>", model: type[BaseModel] = Manifest):

@@ -2,28 +2,43 @@
 from __future__ import annotations
 
 from .manifest import Manifest
-from .stage import Stage
+from .stage import GlobalStage, Stage
 
 
 def shard_stages(manifest: Manifest) -> list[Stage]:
     """Per-shard stages, in order. Construction is cheap; models load in ``setup``."""
     from curation.integrity import IntegrityFilter
 
-    from .generate import GenerateStage
-
     stages: list[Stage] = []
-    if manifest.prompts.enrich is not None:
-        from .enrich import EnrichStage
+    if manifest.images is not None:
+        from .ingest import IngestStage
 
-        stages.append(EnrichStage(manifest.prompts.enrich, manifest.seed))
-    stages += [GenerateStage(manifest.generator, manifest.aus.names, manifest.labels.names, manifest.seed)]
+        stages.append(IngestStage(manifest.images, manifest.listing))
+    else:
+        from .generate import GenerateStage
+
+        if manifest.prompts.enrich is not None:
+            from .enrich import EnrichStage
+
+            stages.append(EnrichStage(manifest.prompts.enrich, manifest.seed))
+        stages.append(GenerateStage(manifest.generator, manifest.aus.names, manifest.labels.names, manifest.seed))
     if manifest.curation.integrity.enabled:
         stages.append(IntegrityFilter(manifest.curation.integrity))
     if manifest.labelling is not None:
         from .label import LabelStage
 
-        stages.append(LabelStage(manifest.labelling, manifest.labels.names, manifest.generator.device,
+        stages.append(LabelStage(manifest.labelling, manifest.labels.names, manifest.labelling.device,
                                  guide_is_only_labeller=guide_is_only_labeller(manifest)))
+    return stages
+
+
+def global_stages(manifest: Manifest) -> list[GlobalStage]:
+    """Stages over all kept records, run by the release after every shard is done, in order."""
+    stages: list[GlobalStage] = []
+    if manifest.images is not None and manifest.images.top_k_per_class is not None:
+        from curation.select import TopKPerClass
+
+        stages.append(TopKPerClass(manifest.images.top_k_per_class))
     return stages
 
 
@@ -33,7 +48,8 @@ def stage_names(manifest: Manifest) -> list[str]:
 
 def guide_is_only_labeller(manifest: Manifest) -> bool:
     """True when the model that guided generation is also the only labeller (its labels confirm themselves)."""
-    guidance, labelling = manifest.generator.guidance, manifest.labelling
+    guidance = manifest.generator.guidance if manifest.generator is not None else None
+    labelling = manifest.labelling
     return (guidance is not None and labelling is not None and len(labelling.experts) == 1
             and labelling.experts[0].model == guidance.classifier)
 

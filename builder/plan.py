@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .expand import class_sequence, draw_prompt, shard_bounds
 from .manifest import BUILTIN_TINY_MODEL, Manifest
-from .pipeline import stage_names
+from .pipeline import global_stages, stage_names
 
 # SD 1.5 cost at 512x512 (torch FLOP counter, shared/docs/environment.md).
 SD15_UNET_TFLOP = 0.677
@@ -20,6 +20,37 @@ H100_BF16_TFLOPS = 790.0
 
 
 def make_plan(manifest: Manifest, out: Path | None = None) -> dict:
+    plan = _images_plan(manifest) if manifest.images is not None else _generation_plan(manifest)
+    if out is not None and (out / "shards").is_dir():
+        from .shards import ShardStore
+
+        store = ShardStore(out)
+        plan["resume"] = {"out": str(out), "shards_done": sum(
+            all(store.is_done(st, s) for st in plan["stages"]) for s in range(plan["shards"]["count"]))}
+    return plan
+
+
+def _images_plan(manifest: Manifest) -> dict:
+    listing = manifest.listing
+    lab = manifest.labelling
+    return {
+        "name": manifest.name,
+        "version": manifest.version,
+        "seed": manifest.seed,
+        "total": listing.count,
+        "label_map": manifest.labels.label_map,
+        "source": {"kind": listing.kind, "root": listing.root, "count": listing.count,
+                   "listing_sha256": listing.sha256, "top_k_per_class": manifest.images.top_k_per_class},
+        "labelling": {"experts": [e.model for e in lab.experts], "combine": lab.combine,
+                      "min_confidence": lab.min_confidence, "min_agreement": lab.min_agreement},
+        "shards": {"count": manifest.num_shards(), "size": manifest.output.shard_size},
+        "stages": stage_names(manifest),
+        "global_stages": [stage.name for stage in global_stages(manifest)],
+        "splits": manifest.output.splits,
+    }
+
+
+def _generation_plan(manifest: Manifest) -> dict:
     classes = class_sequence(manifest)
     names = manifest.labels.names
     per_class: Counter[str] = Counter()
@@ -60,18 +91,31 @@ def make_plan(manifest: Manifest, out: Path | None = None) -> dict:
         "work": {"batches": batches, "unet_forwards": forwards, "vae_decodes": manifest.total,
                  "sd15_equivalent_tflop": round(tflop, 1),
                  "h100_seconds_at_50pct": round(tflop / (0.5 * H100_BF16_TFLOPS), 1)},
+        "global_stages": [stage.name for stage in global_stages(manifest)],
         "splits": manifest.output.splits,
     }
-    if out is not None and (out / "shards").is_dir():
-        from .shards import ShardStore
-
-        store = ShardStore(out)
-        plan["resume"] = {"out": str(out), "shards_done": sum(
-            all(store.is_done(st, s) for st in plan["stages"]) for s in range(shards))}
     return plan
 
 
+def _format_images_plan(plan: dict) -> list[str]:
+    src, lab = plan["source"], plan["labelling"]
+    keep = f"the {src['top_k_per_class']} most confident per class" if src["top_k_per_class"] else "all that pass"
+    return [f"plan for {plan['name']} {plan['version']}: label {plan['total']} existing images from {src['kind']} "
+            f"{src['root']} (listing sha256 {src['listing_sha256'][:16]}…), label map {plan['label_map']}",
+            f"labellers: {', '.join(lab['experts'])}, pooled by {lab['combine']}; keep confidence >= "
+            f"{lab['min_confidence']:g} and agreement >= {lab['min_agreement']:g}, then {keep}",
+            f"shards: {plan['shards']['count']} of up to {plan['shards']['size']} images; stages per shard: "
+            f"{', '.join(plan['stages'])}, then " + ", ".join([*plan["global_stages"], "release"]),
+            "splits (after labelling): " + ", ".join(f"{s} {f:g}" for s, f in plan["splits"].items())]
+
+
 def format_plan(plan: dict, manifest: Manifest) -> str:
+    if manifest.images is not None:
+        lines = _format_images_plan(plan)
+        if "resume" in plan:
+            lines.append(f"{plan['resume']['out']}: {plan['resume']['shards_done']} of {plan['shards']['count']} "
+                         "shards done")
+        return "\n".join(lines)
     gen = manifest.generator
     lines = [f"plan for {plan['name']} {plan['version']} (seed {plan['seed']}): {plan['total']} samples, "
              f"label map {plan['label_map']}", "", "class counts:"]
@@ -88,7 +132,7 @@ def format_plan(plan: dict, manifest: Manifest) -> str:
                      f"{cells['class_x_cell_populated']} class x cell combinations (--json lists every cell)")
     work = plan["work"]
     lines += ["", f"shards: {plan['shards']['count']} of up to {plan['shards']['size']} samples; "
-              f"stages per shard: {', '.join(plan['stages'])}, then release",
+              f"stages per shard: {', '.join(plan['stages'])}, then " + ", ".join([*plan["global_stages"], "release"]),
               f"generator: {gen.model} at {gen.width}x{gen.height}, {gen.steps} steps, CFG {gen.guidance_scale:g}, "
               f"batch {gen.batch_size}: {work['batches']} batches, {work['unet_forwards']} UNet forwards, "
               f"{work['vae_decodes']} VAE decodes"]

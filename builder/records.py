@@ -21,7 +21,9 @@ class Record:
     """One sample: its spec (from the manifest) plus what stages add.
 
     ``image`` is a path relative to the build folder, set by the generation
-    stage. ``scores`` holds per-stage measurements (name -> number). ``face``
+    (or ingest) stage. With an ``images`` source, ``source`` names the image it
+    came from (a path in the folder, or a dataset row) and ``label`` is -1
+    (``label_name`` empty) until a labeller gives the sample a class. ``scores`` holds per-stage measurements (name -> number). ``face``
     is the detected face (box, score, landmarks, number of faces) once a stage
     has looked for one; ``labelling`` holds every labeller's probabilities and
     the calibration verdict (``builder.calibrate``). ``drop`` is set by the
@@ -38,6 +40,7 @@ class Record:
     negative_prompt: str
     seed: int
     image: str | None = None
+    source: str | None = None
     scores: dict[str, float] = field(default_factory=dict)
     face: dict | None = None
     labelling: dict | None = None

@@ -83,3 +83,22 @@ class Filter(Stage):
     @abstractmethod
     def check(self, record: Record, ctx: ShardContext) -> tuple[str, str] | None:
         """None to keep the record, or (reason, detail) to drop it."""
+
+
+class GlobalStage(ABC):
+    """A stage that needs every kept record at once (selection; later dedupe and balance).
+
+    Runs in the release, after all shards, on the kept records in sample order;
+    like a shard stage it yields every input record back, kept or with ``drop``
+    set, and the release counts, writes ``rejected/<name>.jsonl`` and times it.
+    It must be deterministic: same records in, same decisions out.
+    """
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def process(self, records: list[Record]) -> Iterator[Record]:
+        """Yield every record of ``records``, with ``drop`` set on those this stage rejects."""
+
+    def meta(self) -> dict:
+        return {}

@@ -38,18 +38,22 @@ def _guidance(g: dict | None) -> str:
             "to label or evaluate this data: it would agree with itself")
 
 
-def _labels_section(lab: dict | None) -> list[str]:
+def _labels_section(lab: dict | None, collected: bool = False) -> list[str]:
     if not lab:
         return ["Each `label` is the expression the image was *prompted* for. No classifier has confirmed it: this "
                 "build ran no label calibration, so expect some images not to show their label."]
     rule = {"product": "product of experts (weighted geometric mean)", "weighted_vote": "weighted vote"}[lab["combine"]]
+    if collected:
+        outcome = ("each kept image got the class the pooled experts chose (its `label`; `target_label` is empty "
+                   "because the source had no class)")
+    else:
+        outcome = (("images the experts confidently put in another class were relabelled" if lab["relabel"]
+                    else "images the experts put in another class were dropped")
+                   + ". `target_label` is the prompted class, `label` the final one")
     lines = [f"Every image was checked by expert FER models after face detection and alignment (MTCNN). Their "
              f"probabilities were pooled by {rule}; an image was kept when the pooled confidence was at least "
              f"{lab['min_confidence']:g} and a weighted share of at least {lab['min_agreement']:g} of the experts "
-             f"agreed; " + ("images the experts confidently put in another class were relabelled"
-                           if lab["relabel"] else "images the experts put in another class were dropped")
-             + ". `target_label` is the prompted class, `label` the final one, and each expert's probabilities "
-             "are in its `probs_<name>` column.", "",
+             f"agreed; {outcome}, and each expert's probabilities are in its `probs_<name>` column.", "",
              _table(["expert", "model", "sha256", "weight", "classes it cannot predict"],
                     [[e["name"], f"`{e['model']}`", f"`{e['sha256'][:16]}…`", f"{e['weight']:g}",
                       ", ".join(e["unknown_classes"]) or "none"] for e in lab["experts"]]),
@@ -63,51 +67,15 @@ def _labels_section(lab: dict | None) -> list[str]:
     return lines
 
 
-def render_card(manifest: Manifest, stats: dict, provenance: dict):
-    """A ``huggingface_hub.DatasetCard`` for the build."""
-    from huggingface_hub import DatasetCard, DatasetCardData
-
-    released = stats["released"]
-    licence = provenance.get("license") or "other"
-    data = DatasetCardData(
-        pretty_name=manifest.name,
-        license=licence,
-        task_categories=["image-classification"],
-        annotations_creators=["machine-generated"],
-        language_creators=["machine-generated"],
-        source_datasets=["original"],
-        size_categories=[size_category(released["total"])],
-        tags=["synthetic-data", "facial-expression-recognition", "fer"],
-    )
-    tiny = manifest.generator.model == BUILTIN_TINY_MODEL
-    names = list(manifest.labels.names)
-    split_names = list(released["splits"])
-
-    parts = [f"# {manifest.name} {manifest.version}", ""]
-    parts.append(manifest.description.strip() or "A synthetic facial expression recognition (FER) dataset.")
-    parts += ["", f"Built by `build-dataset` from a synthesis manifest: {released['total']} images over "
-                  f"{sum(1 for n in names if released['classes'].get(n))} expression classes "
-                  f"(label map `{manifest.labels.label_map}`), generated with `{provenance['model']}`."]
-    if tiny:
-        parts += ["", "> **These images are not faces.** They come from the tool's built-in tiny pipeline with "
-                      "random weights (`builtin:tiny-sd`), which exists to exercise the tool offline. "
-                      "Do not train or evaluate a model on this dataset."]
-    parts += ["", "## Contents", "", _table(
-        ["class", "label id", *split_names, "total"],
-        [[n, i, *(released["class_by_split"][s].get(n, 0) for s in split_names), released["classes"].get(n, 0)]
-         for i, n in enumerate(names)],
-    )]
-    parts += ["", "Columns: `image`, `label` (ClassLabel), `au` (AU intensities 0-5 in the order "
-                  f"{', '.join(manifest.aus.names)}), `prompt`, `negative_prompt`, `seed`, `sample_id`"
-                  + "".join(f", `{a}`" for a in manifest.prompts.all_axes)
-                  + ", and the generator's provenance columns."]
-    parts += ["", "## Generation", "", _table(["field", "value"], [
+def _generation_section(manifest: Manifest, stats: dict, provenance: dict) -> list[str]:
+    gen = manifest.generator
+    return ["## Generation", "", _table(["field", "value"], [
         ["model", f"`{provenance['model']}`"],
         ["revision", f"`{provenance['revision']}`"],
         ["weights sha256", f"`{provenance['weights_sha256']}`"],
         ["model licence", provenance.get("license") or "unknown: check it before publishing"],
-        ["scheduler / steps / CFG", f"{manifest.generator.scheduler} / {manifest.generator.steps} / {manifest.generator.guidance_scale:g}"],
-        ["resolution", f"{manifest.generator.width}x{manifest.generator.height}"],
+        ["scheduler / steps / CFG", f"{gen.scheduler} / {gen.steps} / {gen.guidance_scale:g}"],
+        ["resolution", f"{gen.width}x{gen.height}"],
         ["AU conditioning", _au_conditioning(stats.get("au_adapter"))],
         ["semantic guidance", _guidance(stats.get("guidance"))],
         ["layout initialisation", (f"DDIM-inverted references from `{stats['layout']['images']}` "
@@ -119,17 +87,94 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict):
                               f"{stats['prompts'].get('longest', 0)})"],
         ["tool", f"fer-synth {stats['tool_version']}"],
     ])]
+
+
+def _source_section(stats: dict) -> list[str]:
+    src = stats["source"]
+    where = f"folder `{src['root']}`" if src["kind"] == "folder" else f"dataset `{src['root']}`"
+    top_k = src.get("top_k_per_class")
+    return ["## Source", "", _table(["field", "value"], [
+        ["images", f"{src['count']} listed in {where}"],
+        ["listing sha256", f"`{src['listing_sha256']}`"],
+        ["selection", f"the {top_k} most confident images per class" if top_k
+         else "every image that passed the labelling thresholds"],
+        ["tool", f"fer-synth {stats['tool_version']}"],
+    ])]
+
+
+def render_card(manifest: Manifest, stats: dict, provenance: dict | None):
+    """A ``huggingface_hub.DatasetCard`` for the build (``provenance`` is None for an images source)."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    released = stats["released"]
+    collected = manifest.images is not None
+    licence = (provenance or {}).get("license") or "other"
+    data = DatasetCardData(
+        pretty_name=manifest.name,
+        license=licence,
+        task_categories=["image-classification"],
+        annotations_creators=["machine-generated"],
+        **({} if collected else {"language_creators": ["machine-generated"], "source_datasets": ["original"]}),
+        size_categories=[size_category(released["total"])],
+        tags=["facial-expression-recognition", "fer"] + (["pseudo-labels"] if collected else ["synthetic-data"]),
+    )
+    names = list(manifest.labels.names)
+    split_names = list(released["splits"])
+    n_classes = sum(1 for n in names if released["classes"].get(n))
+
+    parts = [f"# {manifest.name} {manifest.version}", ""]
+    if collected:
+        parts.append(manifest.description.strip() or "Facial expression labels for an existing image collection.")
+        parts += ["", f"Built by `build-dataset` from a manifest with an `images` source: {released['total']} of "
+                      f"{stats['source']['count']} existing images, pseudo-labelled by the labellers below into "
+                      f"{n_classes} expression classes (label map `{manifest.labels.label_map}`). The images are "
+                      "not generated: they are copies of the source's images."]
+    else:
+        parts.append(manifest.description.strip() or "A synthetic facial expression recognition (FER) dataset.")
+        parts += ["", f"Built by `build-dataset` from a synthesis manifest: {released['total']} images over "
+                      f"{n_classes} expression classes (label map `{manifest.labels.label_map}`), generated with "
+                      f"`{provenance['model']}`."]
+        if manifest.generator.model == BUILTIN_TINY_MODEL:
+            parts += ["", "> **These images are not faces.** They come from the tool's built-in tiny pipeline with "
+                          "random weights (`builtin:tiny-sd`), which exists to exercise the tool offline. "
+                          "Do not train or evaluate a model on this dataset."]
+    parts += ["", "## Contents", "", _table(
+        ["class", "label id", *split_names, "total"],
+        [[n, i, *(released["class_by_split"][s].get(n, 0) for s in split_names), released["classes"].get(n, 0)]
+         for i, n in enumerate(names)],
+    )]
+    if collected:
+        parts += ["", "Columns: `image`, `label` (ClassLabel: the labellers' class), `sample_id`, `source_file` (the "
+                      "image's path in the source folder, or its row in the source dataset), and the labelling "
+                      "columns below."]
+        parts += ["", *_source_section(stats)]
+    else:
+        parts += ["", "Columns: `image`, `label` (ClassLabel), `au` (AU intensities 0-5 in the order "
+                      f"{', '.join(manifest.aus.names)}), `prompt`, `negative_prompt`, `seed`, `sample_id`"
+                      + "".join(f", `{a}`" for a in manifest.prompts.all_axes)
+                      + ", and the generator's provenance columns."]
+        parts += ["", *_generation_section(manifest, stats, provenance)]
     parts += ["", "## Processing funnel", "", _table(
         ["stage", "in", "kept", "dropped (reason: count)"],
         [[name, s["in"], s["kept"], ", ".join(f"{r}: {c}" for r, c in s["dropped"].items()) or "none"]
          for name, s in stats["stages"].items()],
     )]
-    parts += ["", "## Labels", "", *_labels_section(stats.get("labelling"))]
-    parts += ["", "## Intended use and limitations", "",
-              "Research on facial expression recognition with synthetic training data. Prompted demographic "
-              "attributes describe the prompt, not a verified property of the image. Synthetic images can carry "
-              "the biases of the generator and its training data."]
-    parts += ["", "## Privacy", "", "All images are generated; no photograph of a real person is included. "
-              "This build ran no identity-leak check against real face sets, so it cannot rule out that a "
-              "generated face resembles a person in the generator's training data."]
+    parts += ["", "## Labels", "", *_labels_section(stats.get("labelling"), collected)]
+    if collected:
+        parts += ["", "## Intended use and limitations", "",
+                  "Research on facial expression recognition. Every label is a machine prediction (a pseudo-label), "
+                  "not a human annotation; the labellers' own biases and errors carry over to it. The licence of "
+                  "this dataset cannot be more permissive than the licence of the source images: check it "
+                  "before publishing."]
+        parts += ["", "## Privacy", "", "**This dataset contains photographs of real people** copied from the "
+                  "source. Publish it only if you have the right to redistribute these images and the people in "
+                  "them have agreed to this use."]
+    else:
+        parts += ["", "## Intended use and limitations", "",
+                  "Research on facial expression recognition with synthetic training data. Prompted demographic "
+                  "attributes describe the prompt, not a verified property of the image. Synthetic images can carry "
+                  "the biases of the generator and its training data."]
+        parts += ["", "## Privacy", "", "All images are generated; no photograph of a real person is included. "
+                  "This build ran no identity-leak check against real face sets, so it cannot rule out that a "
+                  "generated face resembles a person in the generator's training data."]
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(parts) + "\n")

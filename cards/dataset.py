@@ -10,7 +10,11 @@ from builder.records import Record
 
 
 def au_description(manifest: Manifest) -> str:
-    """Dataset-info description; its last line is JSON with the AU order of the 'au' column."""
+    """Dataset-info description; its last line is JSON with the AU order of the 'au' column (none for
+    an images source, whose images have no AU targets)."""
+    if manifest.images is not None:
+        meta = {"au_names": [], "source": "images"}
+        return f"Pseudo-labelled facial expression dataset '{manifest.name}' {manifest.version}.\n" + json.dumps(meta)
     meta = {"au_names": list(manifest.aus.names), "au_set": manifest.aus.au_set, "au_scale": "FACS intensity 0-5"}
     return f"Synthetic facial expression dataset '{manifest.name}' {manifest.version}.\n" + json.dumps(meta)
 
@@ -23,18 +27,20 @@ def au_names_from_info(description: str) -> list[str]:
 def features(manifest: Manifest):
     from datasets import ClassLabel, Features, Image, List, Value
 
-    cols = {
-        "image": Image(),
-        "label": ClassLabel(names=list(manifest.labels.names)),
-        "au": List(Value("float32"), length=len(manifest.aus.names)),
-        "prompt": Value("string"),
-        "negative_prompt": Value("string"),
-        "seed": Value("int64"),
-        "sample_id": Value("string"),
-    }
-    cols.update({axis: Value("string") for axis in manifest.prompts.all_axes})
-    if manifest.generator.layout is not None:
-        cols["layout_reference"] = Value("string")
+    cols = {"image": Image(), "label": ClassLabel(names=list(manifest.labels.names))}
+    if manifest.images is not None:
+        cols.update({"sample_id": Value("string"), "source_file": Value("string")})
+    else:
+        cols.update({
+            "au": List(Value("float32"), length=len(manifest.aus.names)),
+            "prompt": Value("string"),
+            "negative_prompt": Value("string"),
+            "seed": Value("int64"),
+            "sample_id": Value("string"),
+        })
+        cols.update({axis: Value("string") for axis in manifest.prompts.all_axes})
+        if manifest.generator.layout is not None:
+            cols["layout_reference"] = Value("string")
     if manifest.labelling is not None:
         cols.update({
             "target_label": ClassLabel(names=list(manifest.labels.names)),
@@ -44,25 +50,32 @@ def features(manifest: Manifest):
         })
         cols.update({f"probs_{e.name}": List(Value("float32"), length=len(manifest.labels.names))
                      for e in manifest.labelling.experts})
-    cols.update({
-        "generator_model": Value("string"),
-        "generator_revision": Value("string"),
-        "generator_weights_sha256": Value("string"),
-    })
+    if manifest.images is None:
+        cols.update({
+            "generator_model": Value("string"),
+            "generator_revision": Value("string"),
+            "generator_weights_sha256": Value("string"),
+        })
     return Features(cols)
 
 
 def labelling_columns(record: Record, names) -> dict:
     """The label-calibration columns of a labelled record (see ``features``)."""
     lab = record.labelling
-    return {"target_label": list(names).index(lab["target"]), "label_disposition": lab["disposition"],
+    target = list(names).index(lab["target"]) if lab["target"] is not None else None
+    return {"target_label": target, "label_disposition": lab["disposition"],
             "label_confidence": lab["confidence"], "label_agreement": lab["agreement"],
             **{f"probs_{name}": probs for name, probs in lab["experts"].items()}}
 
 
-def row(record: Record, root: Path, provenance: dict, names) -> dict:
+def row(record: Record, root: Path, provenance: dict | None, names) -> dict:
+    image = {"bytes": (root / record.image).read_bytes(), "path": Path(record.image).name}
+    labelling = labelling_columns(record, names) if record.labelling else {}
+    if provenance is None:  # an images source
+        return {"image": image, "label": record.label, "sample_id": record.sample_id, "source_file": record.source,
+                **labelling}
     return {
-        "image": {"bytes": (root / record.image).read_bytes(), "path": Path(record.image).name},
+        "image": image,
         "label": record.label,
         "au": record.au,
         "prompt": record.prompt,
@@ -73,11 +86,12 @@ def row(record: Record, root: Path, provenance: dict, names) -> dict:
         "generator_model": provenance["model"],
         "generator_revision": provenance["revision"],
         "generator_weights_sha256": provenance["weights_sha256"],
-        **(labelling_columns(record, names) if record.labelling else {}),
+        **labelling,
     }
 
 
-def build_dataset_dict(splits: dict[str, list[Record]], manifest: Manifest, provenance: dict, root: Path, cache_dir: Path):
+def build_dataset_dict(splits: dict[str, list[Record]], manifest: Manifest, provenance: dict | None, root: Path,
+                       cache_dir: Path):
     """A ``DatasetDict`` written through an on-disk Arrow cache (memory does not grow with size)."""
     from datasets import Dataset, DatasetDict, NamedSplit
 
@@ -87,7 +101,8 @@ def build_dataset_dict(splits: dict[str, list[Record]], manifest: Manifest, prov
         if not records:
             continue  # an empty split cannot be saved; stats and card show it as 0
         ids = "\n".join(r.sample_id for r in records)
-        fingerprint = hashlib.sha256(f"{name}\n{provenance['weights_sha256']}\n{ids}".encode()).hexdigest()[:16]
+        origin = provenance["weights_sha256"] if provenance else f"images:{manifest.identity()['images']}"
+        fingerprint = hashlib.sha256(f"{name}\n{origin}\n{ids}".encode()).hexdigest()[:16]
 
         def gen(records=records):
             for rec in records:

@@ -15,6 +15,7 @@ from pathlib import Path
 from builder import __version__
 from builder.errors import OutputDirError
 from builder.manifest import Manifest
+from builder.pipeline import global_stages
 from builder.records import Record, write_jsonl
 from builder.shards import ShardStore
 
@@ -45,14 +46,19 @@ def stage_totals(store: ShardStore, stage: str, shards: range) -> dict:
     return total
 
 
-def labelling_stats(store: ShardStore, stages: list[str], shards: range, kept: list[Record]) -> dict | None:
-    """The label stage's set-up (experts, rule, thresholds, guard) and how many samples got each disposition."""
+def labelling_stats(store: ShardStore, stages: list[str], shards: range, labelled: list[Record],
+                    released: list[Record]) -> dict | None:
+    """The label stage's set-up (experts, rule, thresholds, guard) and how many samples got each disposition.
+
+    ``labelled`` are the records the shard stages kept (before global stages), ``released`` those released.
+    """
     if "label" not in stages or not shards:
         return None
     meta = store.stats("label", 0)["meta"]
-    judged = [r for r in kept if r.labelling] + [r for s in shards for r in store.rejected("label", s) if r.labelling]
+    judged = [r for r in labelled if r.labelling] + [r for s in shards for r in store.rejected("label", s)
+                                                     if r.labelling]
     dispositions = Counter(r.labelling["disposition"] for r in judged)
-    confidences = [r.labelling["confidence"] for r in kept if r.labelling]
+    confidences = [r.labelling["confidence"] for r in released if r.labelling]
     return {**meta, "dispositions": dict(sorted(dispositions.items())),
             "mean_confidence_released": round(sum(confidences) / len(confidences), 4) if confidences else None}
 
@@ -78,18 +84,22 @@ def release(manifest: Manifest, root: Path, stages: list[str], fingerprint: str,
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
 
-    provenance = generator_provenance(store, shards)
+    generating = "generate" in stages
+    provenance = generator_provenance(store, shards) if generating else None
     kept = [rec for shard in shards for rec in store.kept(stages[-1], shard)]
-    generate_meta = store.stats("generate", 0)["meta"] if shards else {}
-    prompts = prompt_stats(kept, generate_meta["max_prompt_tokens"]) if shards else {}
+    generate_meta = store.stats("generate", 0)["meta"] if generating and shards else {}
+    prompts = prompt_stats(kept, generate_meta["max_prompt_tokens"]) if generate_meta else {}
     if prompts.get("truncated"):
         log(f"warning: {prompts['truncated']} prompts are longer than the text encoder's "
             f"{prompts['max_tokens']} tokens and were truncated (longest: {prompts['longest']})")
-    splits = assign_splits(kept, manifest.output.splits, manifest.seed)
 
     (staging / "rejected").mkdir()
     for stage in stages:
         write_jsonl(staging / "rejected" / f"{stage}.jsonl", (r for s in shards for r in store.rejected(stage, s)))
+    labelled, global_totals = kept, {}
+    for stage in global_stages(manifest):
+        kept, global_totals[stage.name] = run_global_stage(stage, kept, staging / "rejected" / f"{stage.name}.jsonl")
+    splits = assign_splits(kept, manifest.output.splits, manifest.seed)
 
     empty = [name for name, recs in splits.items() if not recs]
     if empty:
@@ -106,9 +116,10 @@ def release(manifest: Manifest, root: Path, stages: list[str], fingerprint: str,
         "version": manifest.version,
         "tool_version": __version__,
         "fingerprint": fingerprint,
-        "requested": {"total": manifest.total, "classes": manifest.labels.per_class()},
+        "requested": ({"total": manifest.total, "classes": manifest.labels.per_class()} if generating
+                      else {"total": manifest.total, "classes": None}),
         "shards": {"total": len(shards), "size": manifest.output.shard_size},
-        "stages": {stage: stage_totals(store, stage, shards) for stage in stages},
+        "stages": {**{stage: stage_totals(store, stage, shards) for stage in stages}, **global_totals},
         "released": {
             "total": len(kept),
             "classes": {n: c for n, c in zip(names, _count_labels(kept, len(names)))},
@@ -118,12 +129,14 @@ def release(manifest: Manifest, root: Path, stages: list[str], fingerprint: str,
                 for name, recs in splits.items()
             },
         },
+        "source": None if generating else {**store.stats("ingest", 0)["meta"],
+                                             "top_k_per_class": manifest.images.top_k_per_class},
         "generator": provenance,
         "au_adapter": generate_meta.get("au_adapter"),
         "guidance": generate_meta.get("guidance"),
         "layout": generate_meta.get("layout"),
         "prompts": prompts,
-        "labelling": labelling_stats(store, stages, shards, kept),
+        "labelling": labelling_stats(store, stages, shards, labelled, kept),
     }
     stats["stages"]["release"] = {"in": len(kept), "kept": len(kept), "dropped": {},
                                   "seconds": round(time.perf_counter() - started, 3)}
@@ -140,6 +153,20 @@ def release(manifest: Manifest, root: Path, stages: list[str], fingerprint: str,
     shutil.rmtree(staging)
     (root / MARKER).write_text(json.dumps({"fingerprint": fingerprint, "shards": len(shards)}) + "\n")
     return stats
+
+
+def run_global_stage(stage, records: list[Record], rejected_path: Path) -> tuple[list[Record], dict]:
+    """Run a global stage over all kept records; write its rejects; return (kept, totals like a shard stage's)."""
+    started = time.perf_counter()
+    out = list(stage.process(records))
+    if sorted(r.sample_id for r in out) != sorted(r.sample_id for r in records):
+        raise RuntimeError(f"stage {stage.name!r} must yield each input record exactly once")
+    kept = [r for r in out if r.drop is None]
+    rejected = [r for r in out if r.drop is not None]
+    write_jsonl(rejected_path, rejected)
+    return kept, {"in": len(records), "kept": len(kept),
+                  "dropped": dict(sorted(Counter(r.drop.reason for r in rejected).items())),
+                  "seconds": round(time.perf_counter() - started, 3), "meta": stage.meta()}
 
 
 def prompt_stats(records, max_tokens: int) -> dict:

@@ -11,6 +11,13 @@ prompts:
     age: {values: [young, old]}
 generator: {model: "builtin:tiny-sd", steps: 4, height: 64, width: 64}
 """
+images_base = """name: bad
+seed: 1
+labels: {label_map: affectnet7}
+images: {folder: no/such/folder}
+labelling:
+  experts: [{name: fer, model: mini-xception-fer2013}]
+"""
 def sub(old, new):
     assert old in base, old
     return base.replace(old, new, 1)
@@ -64,6 +71,13 @@ cases = {
  "labelling-no-experts": (base + "labelling:\n  experts: []\n", ["field 'labelling.experts' (line 10)", "at least 1 item"]),
  "labelling-confidence-range": (base + "labelling:\n  experts: [{name: fer, model: mini-xception-fer2013}]\n  min_confidence: 1.5\n", ["field 'labelling.min_confidence' (line 11)", "less than or equal to 1", "a value <= 1"]),
  "counts-list": (sub("counts: 2", "counts: [1, 2]"), ["field 'labels.counts' (line 3)", "valid integer", "whole number"]),
+ "images-with-generator": (base + "images: {folder: photos}\nlabelling:\n  experts: [{name: fer, model: mini-xception-fer2013}]\n", ["field 'generator' (line 8)", "is not used with an 'images' source", "fix: remove 'generator'"]),
+ "images-two-sources": (images_base.replace("{folder: no/such/folder}", "{folder: a, dataset: b}"), ["field 'images' (line 4)", "needs exactly one of 'folder' and 'dataset'", "dataset: PATH"]),
+ "images-no-labelling": (images_base.split("labelling:")[0], ["field 'labelling'", "required field is missing", "fix: add a 'labelling' section"]),
+ "images-missing-folder": (images_base, ["images.folder 'no/such/folder' is not a folder", "fix: point images.folder at a folder"]),
+ "images-top-k-zero": (images_base.replace("{folder: no/such/folder}", "{folder: x, top_k_per_class: 0}"), ["field 'images.top_k_per_class' (line 4)", "greater than 0"]),
+ "images-with-au-targets": (images_base + "aus:\n  intensity:\n    happy: {AU12: 3}\n", ["field 'aus.intensity'", "is not used with an 'images' source", "existing images have no AU targets"]),
+ "missing-counts": (sub("labels: {counts: 2}", "labels: {label_map: affectnet7}"), ["field 'labels.counts'", "required field is missing", "fix: add 'counts'", "Required when generating"]),
 }
 out = Path("tests/manifests/bad")
 out.mkdir(parents=True, exist_ok=True)
