@@ -5,7 +5,7 @@ Main form::
     build-dataset MANIFEST [--out DIR] [--dry-run [--json]] [--no-progress]
 
 Subcommands: ``validate MANIFEST``, ``schema [--check|--write]``, ``train-au-adapter CONFIG``,
-``models list``, ``models fetch NAME``.
+``train-feranno CONFIG``, ``models list``, ``models fetch NAME``.
 Bad input exits with code 2 and one message that names the file, the field
 and the fix; an interrupted build exits 130 and resumes on the next run.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 from . import __version__
 from .errors import UserError
 
-SUBCOMMANDS = ("validate", "schema", "train-au-adapter", "models")
+SUBCOMMANDS = ("validate", "schema", "train-au-adapter", "train-feranno", "models")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -27,7 +27,8 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="build-dataset",
         description="Build a synthetic facial-expression dataset from a synthesis manifest. "
         "Other commands: 'build-dataset validate MANIFEST', 'build-dataset schema', "
-        "'build-dataset train-au-adapter CONFIG', 'build-dataset models list|fetch NAME'.",
+        "'build-dataset train-au-adapter CONFIG', 'build-dataset train-feranno CONFIG', "
+        "'build-dataset models list|fetch NAME'.",
     )
     p.add_argument("manifest", type=Path, help="synthesis manifest (YAML)")
     p.add_argument("--out", type=Path, help="build folder (default: out/<manifest name>); rerun to resume")
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] in SUBCOMMANDS:
             commands = {"validate": _cmd_validate, "schema": _cmd_schema, "train-au-adapter": _cmd_train_au_adapter,
-                        "models": _cmd_models}
+                        "train-feranno": _cmd_train_feranno, "models": _cmd_models}
             return commands[argv[0]](argv[1:])
         return _cmd_build(_build_parser().parse_args(argv))
     except UserError as exc:
@@ -124,6 +125,24 @@ def _cmd_train_au_adapter(argv: list[str]) -> int:
     from .train_adapter import train_au_adapter
 
     train_au_adapter(config, source=str(args.config), progress=not args.no_progress, log=_log)
+    return 0
+
+
+def _cmd_train_feranno(argv: list[str]) -> int:
+    from .feranno.config import FERAnnoTrainConfig
+    from .manifest_loader import load_manifest
+
+    p = argparse.ArgumentParser(prog="build-dataset train-feranno",
+                                description="Train a FERAnno expression labeller on a frozen diffusion model's "
+                                "features; rerun to resume.")
+    p.add_argument("config", type=Path, help="training config (YAML); see manifests/train/feranno-demo.yaml")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    config = load_manifest(args.config, model=FERAnnoTrainConfig)
+    _quiet_libraries(progress=not args.no_progress)
+    from .feranno.train import train_feranno
+
+    train_feranno(config, source=str(args.config), progress=not args.no_progress, log=_log)
     return 0
 
 

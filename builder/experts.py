@@ -1,10 +1,12 @@
-"""Expert FER models behind one interface: face crops in, probabilities over the manifest's labels out.
+"""Labellers behind one interface: face crops in, probabilities over the manifest's labels out.
 
 An expert is any classifier ``load_fer_classifier`` can load (the built-in
 FER2013 mini-Xception, a Keras .hdf5, or a YAML config of a torch or ONNX
-model). Its label order is mapped onto the manifest's by emotion name; the
-classes it lacks are marked unknown, so the calibration rule pools each class
-only over the experts that know it.
+model); ``FERAnnoExpert`` puts a trained FERAnno labeller behind the same
+interface (``name``, ``weight``, ``known``, ``predict``, ``describe``). Label
+orders are mapped onto the manifest's by emotion name; the classes a labeller
+lacks are marked unknown, so the calibration rule pools each class only over
+the labellers that know it.
 """
 from __future__ import annotations
 
@@ -46,9 +48,55 @@ class Expert:
                 "unknown_classes": [n for n, k in zip(label_names, known) if not k]}
 
 
+@dataclass
+class FERAnnoExpert:
+    """A trained FERAnno labeller (``builder.feranno``) as one more expert."""
+
+    labeller: object  # builder.feranno.labeller.FERAnnoLabeller
+    weight: float
+    name: str = "feranno"
+
+    def known(self, label_names: Sequence[str]) -> np.ndarray:
+        indices, _ = align_labels(self.labeller.label_names, label_names)
+        return np.array([i is not None for i in indices])
+
+    def predict(self, crops: torch.Tensor, label_names: Sequence[str]) -> np.ndarray:
+        """Probabilities (B, len(label_names)) for RGB crops (B, 3, H, W) in [0, 1]; unknown classes get 0."""
+        probs = self.labeller.predict(crops.float())
+        indices, _ = align_labels(self.labeller.label_names, label_names)
+        out = np.zeros((len(probs), len(label_names)))
+        for j, i in enumerate(indices):
+            if i is not None:
+                out[:, j] = probs[:, i]
+        return out
+
+    def describe(self, label_names: Sequence[str]) -> dict:
+        info = self.labeller.describe()
+        return {"name": self.name, "model": info["path"], "sha256": info["sha256"], "weight": self.weight,
+                "labels": info["label_names"],
+                "unknown_classes": [n for n, k in zip(label_names, self.known(label_names)) if not k],
+                "feranno": {k: v for k, v in info.items() if k not in ("path", "sha256", "label_names")}}
+
+
 def load_experts(specs, device: str = "cpu") -> list[Expert]:
     """Experts from manifest ``labelling.experts`` entries (model files fetched and hashed)."""
     from .store import load_fer_classifier, model_sha256
 
     return [Expert(spec.name, load_fer_classifier(spec.model).to(device), spec.weight, spec.model,
                    model_sha256(spec.model)) for spec in specs]
+
+
+def load_labellers(spec, device: str = "cpu") -> list:
+    """Every labeller of a manifest's ``labelling`` section, in pooling order: the experts, then FERAnno."""
+    labellers: list = load_experts(spec.experts, device)
+    if spec.feranno is not None:
+        from .errors import UserError
+        from .feranno.labeller import FERAnnoLabeller
+
+        try:
+            labeller = FERAnnoLabeller.from_pretrained(spec.feranno.model, device)
+        except UserError as exc:
+            exc.message = f"labelling.feranno.model: {exc.message}"
+            raise
+        labellers.append(FERAnnoExpert(labeller, spec.feranno.weight))
+    return labellers

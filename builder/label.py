@@ -44,12 +44,12 @@ class LabelStage(Stage):
     def setup(self) -> None:
         from curation.faces import load_detector
 
-        from .experts import load_experts
+        from .experts import load_labellers
         from .models import resolve_device
 
         device = resolve_device(self.requested_device)
         self.detector = load_detector(device)
-        self.experts = load_experts(self.spec.experts, device)
+        self.experts = load_labellers(self.spec, device)
         self.known = {e.name: e.known(self.label_names) for e in self.experts}
 
     def meta(self) -> dict:

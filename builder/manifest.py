@@ -403,6 +403,17 @@ class ExpertSpec(_Strict):
     weight: float = Field(default=1.0, gt=0, le=100, description="Weight of this expert in the pool.")
 
 
+class FERAnnoSpec(_Strict):
+    """A trained FERAnno labeller (``build-dataset train-feranno`` output) that votes with the experts."""
+
+    model: str = Field(min_length=1, description="Folder with feranno_config.json and feranno.safetensors; the "
+                       "diffusion backbone it names is loaded too (local files only) and must match its hash.")
+    weight: float = Field(default=1.0, gt=0, le=100, description="Weight of FERAnno in the pool.")
+
+
+FERANNO_NAME = "feranno"  # FERAnno's labeller id: its probability column is 'probs_feranno'
+
+
 class FaceCrop(_Strict):
     """How faces are found and cropped before labellers see them (MTCNN, 5-point alignment)."""
 
@@ -416,8 +427,10 @@ class FaceCrop(_Strict):
 class Labelling(_Strict):
     """Expert models confirm, correct or reject each sample's label (SynFER's label calibration)."""
 
-    experts: list[ExpertSpec] = Field(min_length=1, description="Expert FER models; their label orders are mapped "
-                                      "to the manifest's by emotion name.")
+    experts: list[ExpertSpec] = Field(default_factory=list, description="Expert FER models; their label orders "
+                                      "are mapped to the manifest's by emotion name.")
+    feranno: FERAnnoSpec | None = Field(default=None, description="A FERAnno labeller on diffusion features, "
+                                        "pooled with the experts (SynFER); sees the same aligned face crop.")
     combine: Literal["product", "weighted_vote"] = Field(
         default="product", description="Pool the labellers by product of experts (weighted geometric mean) or "
         "weighted vote (weighted mean).")
@@ -443,7 +456,23 @@ class Labelling(_Strict):
             if names.count(name) > 1:
                 raise _fail("duplicate_expert", "expert name '{name}' is used twice",
                             "give every expert its own name", name=name)
+            if name == FERANNO_NAME:
+                raise _fail("reserved_expert", "expert name '{name}' is reserved for the FERAnno labeller",
+                            "give this expert another name, or configure FERAnno under labelling.feranno",
+                            name=name)
         return experts
+
+    @model_validator(mode="after")
+    def _some_labeller(self) -> Labelling:
+        if not self.experts and self.feranno is None:
+            raise _fail("no_labeller", "has no labeller", "list at least one expert under 'experts' (e.g. "
+                        "{{name: fer2013, model: mini-xception-fer2013}}) or give a trained 'feranno'")
+        return self
+
+    @property
+    def labeller_names(self) -> list[str]:
+        """Ids of every labeller, in pooling order: the experts, then FERAnno."""
+        return [e.name for e in self.experts] + ([FERANNO_NAME] if self.feranno is not None else [])
 
 
 class ImagesSource(_Strict):

@@ -51,7 +51,7 @@ def guide_is_only_labeller(manifest: Manifest) -> bool:
     guidance = manifest.generator.guidance if manifest.generator is not None else None
     labelling = manifest.labelling
     return (guidance is not None and labelling is not None and len(labelling.experts) == 1
-            and labelling.experts[0].model == guidance.classifier)
+            and labelling.feranno is None and labelling.experts[0].model == guidance.classifier)
 
 
 def guard_warnings(manifest: Manifest) -> list[str]:

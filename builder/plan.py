@@ -41,7 +41,8 @@ def _images_plan(manifest: Manifest) -> dict:
         "label_map": manifest.labels.label_map,
         "source": {"kind": listing.kind, "root": listing.root, "count": listing.count,
                    "listing_sha256": listing.sha256, "top_k_per_class": manifest.images.top_k_per_class},
-        "labelling": {"experts": [e.model for e in lab.experts], "combine": lab.combine,
+        "labelling": {"experts": [e.model for e in lab.experts] + ([f"FERAnno {lab.feranno.model}"] if lab.feranno
+                                                                    else []), "combine": lab.combine,
                       "min_confidence": lab.min_confidence, "min_agreement": lab.min_agreement},
         "shards": {"count": manifest.num_shards(), "size": manifest.output.shard_size},
         "stages": stage_names(manifest),

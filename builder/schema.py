@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from .fer.classifier_config import ClassifierConfig
+from .feranno.config import FERAnnoTrainConfig
 from .manifest import Manifest
 from .train_config import TrainConfig
 
@@ -15,6 +16,7 @@ SCHEMAS = {
     SCHEMA_PATH: (Manifest, "fer-synth synthesis manifest"),
     MANIFESTS / "train" / "schema.json": (TrainConfig, "fer-synth train-au-adapter config"),
     MANIFESTS / "classifiers" / "schema.json": (ClassifierConfig, "fer-synth guide/expert classifier config"),
+    MANIFESTS / "train" / "feranno-schema.json": (FERAnnoTrainConfig, "fer-synth train-feranno config"),
 }
 
 

@@ -62,22 +62,9 @@ def _list_folder(spec) -> Listing:
 
 def open_dataset(spec):
     """The dataset split of an ``ImagesSource`` (memory-mapped), checked for the image column."""
-    from datasets import DatasetDict, load_from_disk
+    from .saved_datasets import open_split
 
-    root = Path(spec.dataset)
-    if not (root / "dataset_info.json").is_file() and not (root / "dataset_dict.json").is_file():
-        raise ManifestError(f"images.dataset '{root}' is not a dataset saved with save_to_disk",
-                            fix="give the folder written by Dataset.save_to_disk or DatasetDict.save_to_disk")
-    ds = load_from_disk(str(root))
-    if isinstance(ds, DatasetDict):
-        if spec.split not in ds:
-            raise ManifestError(f"images.split '{spec.split}' is not in {root} (splits: {', '.join(ds)})",
-                                fix="set images.split to one of the dataset's splits")
-        ds = ds[spec.split]
-    if spec.image_column not in ds.column_names:
-        raise ManifestError(f"images.image_column '{spec.image_column}' is not a column of {root}",
-                            fix=f"use one of: {', '.join(ds.column_names)}")
-    return ds
+    return open_split(spec.dataset, spec.split, {"image_column": spec.image_column}, "images", error=ManifestError)
 
 
 def _list_dataset(spec) -> Listing:

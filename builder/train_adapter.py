@@ -11,12 +11,12 @@ and ``training_summary.json``.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
 from .aus import AU_SETS
+from .checkpoints import (checkpoint_number, config_changes, latest_checkpoint, record_config, save_checkpoint,
+                          trim_log)
 from .errors import OutputDirError
 from .seeding import SampleRng, derive_seed
 from .train_config import TrainConfig
@@ -33,6 +33,7 @@ def train_au_adapter(config: TrainConfig, source: str = "<config>", progress: bo
     from tqdm.auto import tqdm
 
     from .au_adapter import AUAdapter
+    from .imaging import square_pixels
     from .manifest import Generator
     from .models import quiet_loading, resolve_checkpoint
     from .train_data import TrainExamples
@@ -57,10 +58,10 @@ def train_au_adapter(config: TrainConfig, source: str = "<config>", progress: bo
     for module in (unet, vae, text_encoder):
         module.requires_grad_(False).eval().to(device, dtype=weight_dtype)
 
-    checkpoint = _latest_checkpoint(out)
+    checkpoint = latest_checkpoint(out, "step")
     if checkpoint is not None:
         adapter = AUAdapter.from_pretrained(checkpoint)
-        _trim_loss_log(out / "loss.jsonl", start_step)
+        trim_log(out / "loss.jsonl", "step", start_step)
         log(f"resuming from {checkpoint.name}")
     else:
         adapter = AUAdapter.for_unet(unet, list(au_names), config.num_tokens, config.hidden_dim,
@@ -78,7 +79,7 @@ def train_au_adapter(config: TrainConfig, source: str = "<config>", progress: bo
         images, captions, aus = [], [], []
         for i in indices:
             image, caption, au = examples[i]
-            images.append(_to_tensor(image, config.resolution))
+            images.append(square_pixels(image, config.resolution) * 2 - 1)
             captions.append("" if rng.uniform() < dropout else caption)
             aus.append(au)
         gen = torch.Generator().manual_seed(derive_seed(settings.seed, step, stream))
@@ -149,67 +150,26 @@ def train_au_adapter(config: TrainConfig, source: str = "<config>", progress: bo
     return summary
 
 
-def _to_tensor(image, resolution: int):
-    """PIL RGB -> (3, R, R) float in [-1, 1]: shorter side resized to R (bicubic), centre crop."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    w, h = image.size
-    scale = resolution / min(w, h)
-    image = image.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))), Image.BICUBIC)
-    w, h = image.size
-    left, top = (w - resolution) // 2, (h - resolution) // 2
-    image = image.crop((left, top, left + resolution, top + resolution))
-    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
-
-
 def _claim(out: Path, config: TrainConfig) -> int:
     """Record the config in ``output_dir`` or check a resumed run matches it; return the step to start at."""
     out.mkdir(parents=True, exist_ok=True)
     args = out / ARGS_FILE
     current = config.model_dump(mode="json")
     if args.exists():
-        previous = json.loads(args.read_text())
-        changed = [f"train.{k}" for k in set(previous["train"]) | set(current["train"])
-                   if previous["train"].get(k) != current["train"].get(k) and k not in RESUMABLE_CHANGES]
-        changed += [k for k in set(previous) | set(current)
-                    if k not in ("train", "output_dir") and previous.get(k) != current.get(k)]
+        changed = config_changes(json.loads(args.read_text()), current, RESUMABLE_CHANGES)
         if changed:
-            raise OutputDirError(f"'{out}' holds a training run with a different config (changed: {', '.join(sorted(changed))})",
+            raise OutputDirError(f"'{out}' holds a training run with a different config (changed: {', '.join(changed)})",
                                  fix="use a new output_dir; only train.steps, checkpoint_every and log_every may change on resume")
-    tmp = out / f".{ARGS_FILE}.tmp"
-    tmp.write_text(json.dumps(current, indent=1))
-    os.replace(tmp, args)
-    latest = _latest_checkpoint(out)
-    return int(latest.name.removeprefix("step-")) if latest else 0
+    record_config(out, ARGS_FILE, current)
+    return checkpoint_number(latest_checkpoint(out, "step"), "step")
 
 
-def _trim_loss_log(path: Path, step: int) -> None:
-    """Drop log lines past the checkpoint a run resumes from (those steps are run again)."""
-    if path.exists():
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-        path.write_text("".join(ln + "\n" for ln in lines))
-
-
-def _latest_checkpoint(out: Path) -> Path | None:
-    folder = out / "checkpoints"
-    done = sorted(p for p in folder.glob("step-*") if (p / "state.json").is_file()) if folder.exists() else []
-    return done[-1] if done else None
-
-
-def _save_checkpoint(out: Path, step: int, adapter, optimizer, summary: dict, keep: int = 2) -> None:
+def _save_checkpoint(out: Path, step: int, adapter, optimizer, summary: dict) -> None:
     import torch
 
-    folder = out / "checkpoints"
-    staging = folder / f".tmp-step-{step:07d}"
-    shutil.rmtree(staging, ignore_errors=True)
-    adapter.save_pretrained(staging)
-    torch.save(optimizer.state_dict(), staging / "optimizer.pt")
-    (staging / "state.json").write_text(json.dumps({"step": step}) + "\n")
-    final = folder / f"step-{step:07d}"
-    shutil.rmtree(final, ignore_errors=True)
-    os.rename(staging, final)
+    def write(folder: Path) -> None:
+        adapter.save_pretrained(folder)
+        torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+
+    save_checkpoint(out, "step", step, write)
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    for old in sorted(p for p in folder.glob("step-*"))[:-keep]:
-        shutil.rmtree(old)

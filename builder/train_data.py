@@ -41,23 +41,10 @@ class TrainExamples:
         return image.convert("RGB"), caption, au
 
     def _from_dataset(self, data: TrainData, source: str) -> None:
-        from datasets import DatasetDict, load_from_disk
+        from .saved_datasets import open_split
 
-        path = Path(data.dataset)
-        if not path.exists():
-            raise UserError(f"data.dataset '{path}' does not exist", file=source,
-                            fix="give a folder written by datasets' save_to_disk")
-        ds = load_from_disk(str(path))
-        if isinstance(ds, DatasetDict):
-            if data.split not in ds:
-                raise UserError(f"data.split '{data.split}' is not in {path} (splits: {', '.join(ds)})", file=source,
-                                fix="set data.split to one of the dataset's splits")
-            ds = ds[data.split]
-        for field, column in (("image_column", data.image_column), ("caption_column", data.caption_column),
-                              ("au_column", data.au_column)):
-            if column not in ds.column_names:
-                raise UserError(f"data.{field} '{column}' is not a column of {path}", file=source,
-                                fix=f"use one of: {', '.join(ds.column_names)}")
+        ds = open_split(data.dataset, data.split, {"image_column": data.image_column, "caption_column":
+                                                   data.caption_column, "au_column": data.au_column}, "data", source)
         self.items = []
         for row in ds:
             au = self._au(row[data.au_column])

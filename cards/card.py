@@ -60,6 +60,13 @@ def _labels_section(lab: dict | None, collected: bool = False) -> list[str]:
              "", "Dispositions: " + ", ".join(f"{k} {v}" for k, v in lab["dispositions"].items())
              + (f"; mean confidence of released images {lab['mean_confidence_released']:.3f}."
                 if lab.get("mean_confidence_released") is not None else ".")]
+    for e in lab["experts"]:
+        if "feranno" in e:
+            f = e["feranno"]
+            lines += ["", f"`{e['name']}` is FERAnno: a classifier on the diffusion features (decoder feature maps and "
+                          f"cross-attention maps) of the face crop, DDIM-inverted to timestep {f['timestep']} with "
+                          f"`{f['base_model']}` (weights sha256 `{f['base_weights_sha256'][:16]}…`), its probabilities "
+                          f"temperature-scaled by {f['temperature']:.3f}."]
     if lab.get("guide_is_only_labeller"):
         lines += ["", "> **Warning: the model that guided generation is also the only labeller.** Its confirmations "
                       "are not independent evidence: it tends to agree with images it steered. Treat these labels "

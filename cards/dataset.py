@@ -48,8 +48,8 @@ def features(manifest: Manifest):
             "label_confidence": Value("float32"),
             "label_agreement": Value("float32"),
         })
-        cols.update({f"probs_{e.name}": List(Value("float32"), length=len(manifest.labels.names))
-                     for e in manifest.labelling.experts})
+        cols.update({f"probs_{name}": List(Value("float32"), length=len(manifest.labels.names))
+                     for name in manifest.labelling.labeller_names})
     if manifest.images is None:
         cols.update({
             "generator_model": Value("string"),

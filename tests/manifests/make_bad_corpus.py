@@ -68,7 +68,7 @@ cases = {
  "enrich-zero-tokens": (sub('    age: {values: [young, old]}\n', '    age: {values: [young, old]}\n  enrich: {model: lm, max_new_tokens: 0}\n'), ["field 'prompts.enrich.max_new_tokens' (line 8)", "greater than 0", "a value > 0"]),
  "labelling-duplicate-expert": (base + "labelling:\n  experts:\n    - {name: fer, model: mini-xception-fer2013}\n    - {name: fer, model: other.yaml}\n", ["field 'labelling.experts' (line 10)", "expert name 'fer' is used twice", "fix: give every expert its own name"]),
  "labelling-combine-unknown": (base + "labelling:\n  experts: [{name: fer, model: mini-xception-fer2013}]\n  combine: median\n", ["field 'labelling.combine' (line 11)", "'product' or 'weighted_vote'"]),
- "labelling-no-experts": (base + "labelling:\n  experts: []\n", ["field 'labelling.experts' (line 10)", "at least 1 item"]),
+ "labelling-no-experts": (base + "labelling:\n  experts: []\n", ["field 'labelling' (line 9)", "has no labeller", "fix: list at least one expert"]),
  "labelling-confidence-range": (base + "labelling:\n  experts: [{name: fer, model: mini-xception-fer2013}]\n  min_confidence: 1.5\n", ["field 'labelling.min_confidence' (line 11)", "less than or equal to 1", "a value <= 1"]),
  "counts-list": (sub("counts: 2", "counts: [1, 2]"), ["field 'labels.counts' (line 3)", "valid integer", "whole number"]),
  "images-with-generator": (base + "images: {folder: photos}\nlabelling:\n  experts: [{name: fer, model: mini-xception-fer2013}]\n", ["field 'generator' (line 8)", "is not used with an 'images' source", "fix: remove 'generator'"]),
@@ -77,6 +77,7 @@ cases = {
  "images-missing-folder": (images_base, ["images.folder 'no/such/folder' is not a folder", "fix: point images.folder at a folder"]),
  "images-top-k-zero": (images_base.replace("{folder: no/such/folder}", "{folder: x, top_k_per_class: 0}"), ["field 'images.top_k_per_class' (line 4)", "greater than 0"]),
  "images-with-au-targets": (images_base + "aus:\n  intensity:\n    happy: {AU12: 3}\n", ["field 'aus.intensity'", "is not used with an 'images' source", "existing images have no AU targets"]),
+ "labelling-reserved-name": (base + "labelling:\n  experts: [{name: feranno, model: mini-xception-fer2013}]\n", ["field 'labelling.experts'", "reserved for the FERAnno labeller", "labelling.feranno"]),
  "missing-counts": (sub("labels: {counts: 2}", "labels: {label_map: affectnet7}"), ["field 'labels.counts'", "required field is missing", "fix: add 'counts'", "Required when generating"]),
 }
 out = Path("tests/manifests/bad")
