@@ -5,7 +5,7 @@ Main form::
     build-dataset MANIFEST [--out DIR] [--dry-run [--json]] [--no-progress]
 
 Subcommands: ``validate MANIFEST``, ``schema [--check|--write]``, ``train-au-adapter CONFIG``,
-``train-feranno CONFIG``, ``models list``, ``models fetch NAME``.
+``train-feranno CONFIG``, ``index-reference CONFIG``, ``models list``, ``models fetch NAME``.
 Bad input exits with code 2 and one message that names the file, the field
 and the fix; an interrupted build exits 130 and resumes on the next run.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 from . import __version__
 from .errors import UserError
 
-SUBCOMMANDS = ("validate", "schema", "train-au-adapter", "train-feranno", "models")
+SUBCOMMANDS = ("validate", "schema", "train-au-adapter", "train-feranno", "index-reference", "models")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -28,6 +28,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Build a synthetic facial-expression dataset from a synthesis manifest. "
         "Other commands: 'build-dataset validate MANIFEST', 'build-dataset schema', "
         "'build-dataset train-au-adapter CONFIG', 'build-dataset train-feranno CONFIG', "
+        "'build-dataset index-reference CONFIG', "
         "'build-dataset models list|fetch NAME'.",
     )
     p.add_argument("manifest", type=Path, help="synthesis manifest (YAML)")
@@ -59,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] in SUBCOMMANDS:
             commands = {"validate": _cmd_validate, "schema": _cmd_schema, "train-au-adapter": _cmd_train_au_adapter,
-                        "train-feranno": _cmd_train_feranno, "models": _cmd_models}
+                        "train-feranno": _cmd_train_feranno, "index-reference": _cmd_index_reference,
+                        "models": _cmd_models}
             return commands[argv[0]](argv[1:])
         return _cmd_build(_build_parser().parse_args(argv))
     except UserError as exc:
@@ -143,6 +145,23 @@ def _cmd_train_feranno(argv: list[str]) -> int:
     from .feranno.train import train_feranno
 
     train_feranno(config, source=str(args.config), progress=not args.no_progress, log=_log)
+    return 0
+
+
+def _cmd_index_reference(argv: list[str]) -> int:
+    from .manifest_loader import load_manifest
+    from .reference_config import ReferenceConfig
+
+    p = argparse.ArgumentParser(prog="build-dataset index-reference",
+                                description="Index the faces of real reference photos for the identity_leak "
+                                "stage; a rerun embeds only new images.")
+    p.add_argument("config", type=Path, help="reference config (YAML); see manifests/reference/demo.yaml")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    config = load_manifest(args.config, model=ReferenceConfig)
+    from curation.identity.reference import index_reference
+
+    index_reference(config, source=str(args.config), progress=not args.no_progress, log=_log)
     return 0
 
 

@@ -387,10 +387,83 @@ class Integrity(_Strict):
     )
 
 
+class FaceQuality(_Strict):
+    """Face checks (MTCNN): one dominant face of a usable size, sharp and well exposed."""
+
+    enabled: bool = Field(default=True, description="Run the face checks (the 'faces' stage).")
+    min_score: float = Field(default=0.9, ge=0, le=1, description="Minimum MTCNN face score; weaker detections "
+                             "are ignored.")
+    min_size: float = Field(default=32, ge=8, description="Minimum side of the main face's box in pixels "
+                            "('small_face' below it).")
+    max_other_face: float = Field(default=0.25, ge=0, le=1, description="A second face whose box area is more "
+                                  "than this fraction of the main face's makes the image 'multiple_faces'.")
+    min_sharpness: float = Field(default=20.0, ge=0, description="Minimum variance of the Laplacian of the "
+                                 "aligned grey 112 px face crop ('blurry' below it).")
+    min_brightness: float = Field(default=40.0, ge=0, le=255, description="Minimum mean grey level (0-255) of "
+                                  "the face crop ('underexposed' below it).")
+    max_brightness: float = Field(default=220.0, ge=0, le=255, description="Maximum mean grey level of the face "
+                                  "crop ('overexposed' above it).")
+
+
+class IdentityLeak(_Strict):
+    """Reject images whose face is too close to a real person in a reference index (`build-dataset
+    index-reference`)."""
+
+    index: str = Field(min_length=1, description="Folder written by `build-dataset index-reference`; its "
+                       "embedding backend embeds the images too.")
+    threshold: float | None = Field(default=None, ge=-1, le=1, description="Reject at or above this cosine "
+                                    "similarity to the nearest reference face. Give it, or pairs + "
+                                    "false_match_rate to calibrate it.")
+    pairs: str | None = Field(default=None, min_length=1, description="Verification pairs to calibrate the "
+                              "threshold on: a CSV/JSONL of image_a, image_b, same; or a folder person/*.jpg.")
+    false_match_rate: float | None = Field(default=None, gt=0, lt=1, description="With pairs: the threshold is "
+                                           "the smallest whose false-match rate on impostor pairs is at most this.")
+    closest: int = Field(default=20, ge=0, le=1000, description="How many of the closest synthetic/reference "
+                         "pairs the stats and the card list.")
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> IdentityLeak:
+        calibrated = self.pairs is not None or self.false_match_rate is not None
+        if (self.threshold is None) == (not calibrated) or (calibrated and (self.pairs is None
+                                                                          or self.false_match_rate is None)):
+            raise _fail("leak_threshold", "needs either 'threshold' or both 'pairs' and 'false_match_rate'",
+                        "give threshold: 0.6, or pairs: PATH with false_match_rate: 0.001")
+        return self
+
+
+class Dedupe(_Strict):
+    """Remove duplicates inside the dataset: the copy with the higher label confidence (then the lower sample
+    index) stays."""
+
+    enabled: bool = Field(default=True, description="Run dedupe (a global stage, after the shards).")
+    exact: bool = Field(default=True, description="Drop byte-identical images ('exact_duplicate').")
+    near_distance: int | None = Field(default=6, ge=0, le=32, description="Drop images whose 64-bit perceptual "
+                                      "hash (or its mirror image's) is within this Hamming distance of a kept "
+                                      "one's ('near_duplicate'); null turns it off. Resizing and recompression "
+                                      "move the hash by 0-2 bits, a 5 % crop by about 6, another picture by ~32.")
+
+
+class Balance(_Strict):
+    """Undersample to a target class distribution, optionally per class x demographic cell."""
+
+    per_class: Annotated[int, Field(ge=0)] | dict[str, Annotated[int, Field(ge=0)]] | None = Field(
+        default=None, description="Target count per class: one integer for every class, or class name -> "
+        "count. Omit for uniform at the smallest class's count.")
+    by: list[str] = Field(default_factory=list, description="Prompt axes to balance within each class (class x "
+                          "cell); each cell gets an equal share of its class's target.")
+
+
 class Curation(_Strict):
-    """Curation stages; the pipeline fixes their order."""
+    """Curation stages; the pipeline fixes their order: integrity, faces, identity_leak per shard; then dedupe
+    and balance over the whole set."""
 
     integrity: Integrity = Field(default_factory=Integrity, description="Image integrity check.")
+    faces: FaceQuality = Field(default_factory=FaceQuality, description="Face checks (the 'faces' stage).")
+    identity_leak: IdentityLeak | None = Field(default=None, description="Identity-leak gate against real "
+                                               "reference faces; omit to skip (the card then says so).")
+    dedupe: Dedupe = Field(default_factory=Dedupe, description="Exact and near duplicate removal.")
+    balance: Balance | None = Field(default=None, description="Class (x demographic cell) balancing; omit to "
+                                    "keep the distribution as it comes out of curation.")
 
 
 class ExpertSpec(_Strict):
@@ -589,6 +662,26 @@ class Manifest(_Strict):
         if self.labelling is None:
             raise _fail("labelling_required", "required field is missing", "add a 'labelling' section: with an 'images' source "
                         "the labellers give every image its class", at="labelling")
+        return self
+
+    @model_validator(mode="after")
+    def _balance_known(self) -> Manifest:
+        balance = self.curation.balance
+        if balance is None:
+            return self
+        axes = list(self.prompts.all_axes) if self.prompts else []
+        for axis in balance.by:
+            if axis not in axes:
+                raise _fail("unknown_axis", "balances by '{axis}', which is not a prompt axis",
+                            "use one of: {axes}" if axes else "remove 'by': an images source has no prompt axes",
+                            at="curation.balance.by", axis=axis, axes=", ".join(axes))
+        if isinstance(balance.per_class, dict):
+            for name in balance.per_class:
+                if name not in self.labels.names:
+                    raise _fail("unknown_label", "'{name}' is not a class of label map {label_map}",
+                                "use one of: " + ", ".join(self.labels.names),
+                                at=f"curation.balance.per_class.{name}", name=name,
+                                label_map=self.labels.label_map)
         return self
 
     @model_validator(mode="after")

@@ -22,8 +22,18 @@ def shard_stages(manifest: Manifest) -> list[Stage]:
 
             stages.append(EnrichStage(manifest.prompts.enrich, manifest.seed))
         stages.append(GenerateStage(manifest.generator, manifest.aus.names, manifest.labels.names, manifest.seed))
-    if manifest.curation.integrity.enabled:
-        stages.append(IntegrityFilter(manifest.curation.integrity))
+    curation = manifest.curation
+    if curation.integrity.enabled:
+        stages.append(IntegrityFilter(curation.integrity))
+    device = manifest.labelling.device if manifest.labelling is not None else "auto"
+    if curation.faces.enabled:
+        from curation.quality import FaceQualityFilter
+
+        stages.append(FaceQualityFilter(curation.faces, device))
+    if curation.identity_leak is not None:
+        from curation.identity.leak import IdentityLeakStage
+
+        stages.append(IdentityLeakStage(curation.identity_leak, device))
     if manifest.labelling is not None:
         from .label import LabelStage
 
@@ -39,6 +49,14 @@ def global_stages(manifest: Manifest) -> list[GlobalStage]:
         from curation.select import TopKPerClass
 
         stages.append(TopKPerClass(manifest.images.top_k_per_class))
+    if manifest.curation.dedupe.enabled:
+        from curation.dedupe import DedupeStage
+
+        stages.append(DedupeStage(manifest.curation.dedupe))
+    if manifest.curation.balance is not None:
+        from curation.balance import BalanceStage
+
+        stages.append(BalanceStage(manifest.curation.balance, manifest.labels.names))
     return stages
 
 

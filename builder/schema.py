@@ -7,6 +7,7 @@ from pathlib import Path
 from .fer.classifier_config import ClassifierConfig
 from .feranno.config import FERAnnoTrainConfig
 from .manifest import Manifest
+from .reference_config import ReferenceConfig
 from .train_config import TrainConfig
 
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
@@ -17,6 +18,7 @@ SCHEMAS = {
     MANIFESTS / "train" / "schema.json": (TrainConfig, "fer-synth train-au-adapter config"),
     MANIFESTS / "classifiers" / "schema.json": (ClassifierConfig, "fer-synth guide/expert classifier config"),
     MANIFESTS / "train" / "feranno-schema.json": (FERAnnoTrainConfig, "fer-synth train-feranno config"),
+    MANIFESTS / "reference" / "schema.json": (ReferenceConfig, "fer-synth index-reference config"),
 }
 
 

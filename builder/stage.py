@@ -97,8 +97,10 @@ class GlobalStage(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def process(self, records: list[Record]) -> Iterator[Record]:
-        """Yield every record of ``records``, with ``drop`` set on those this stage rejects."""
+    def process(self, records: list[Record], root: Path) -> Iterator[Record]:
+        """Yield every record of ``records`` (image paths relative to the build folder ``root``), with ``drop``
+        set on those this stage rejects."""
 
     def meta(self) -> dict:
+        """Set-up and outcome worth recording in the stats (read after ``process``)."""
         return {}

@@ -109,6 +109,48 @@ def _source_section(stats: dict) -> list[str]:
     ])]
 
 
+def _privacy_lines(leak: dict | None, collected: bool = False) -> list[str]:
+    if collected:
+        head = ("**This dataset contains photographs of real people** copied from the source. Publish it only "
+                "if you have the right to redistribute these images and the people in them have agreed to this "
+                "use.")
+        return [head] if not leak else [head, "", *_leak_lines(leak)]
+    if not leak:
+        return ["All images are generated; no photograph of a real person is included. This build ran no "
+                "identity-leak check against real face sets, so it cannot rule out that a generated face "
+                "resembles a person in the generator's training data."]
+    return ["All images are generated; no photograph of a real person is included.", "", *_leak_lines(leak)]
+
+
+def _leak_lines(leak: dict) -> list[str]:
+    how = (f"calibrated to a false-match rate of {leak['calibration']['target_fmr']:g} on verification pairs"
+           if leak.get("threshold_from") == "calibrated" and leak.get("calibration") else "given in the manifest")
+    ref = leak["reference"]
+    edges, counts = leak["histogram"]["edges"], leak["histogram"]["counts"]
+    rows = [[f"{lo:.2f} to {hi:.2f}", c] for lo, hi, c in zip(edges[:-1], edges[1:], counts) if c]
+    lines = [f"Every face was embedded "
+             f"({leak['backend']}, model sha256 `{leak['model_sha256'][:16]}…`) and compared with "
+             f"{ref['count']} real reference faces (index sha256 `{ref['index_sha256'][:16]}…`); faces with a "
+             f"cosine similarity of {leak['threshold']:.3f} or more to any of them ({how}) were dropped as "
+             f"`identity_leak`: {leak['at_or_above_threshold']} of {leak['count']}. Highest similarity: "
+             f"{leak['max']}.", "", _table(["nearest-reference similarity", "faces"], rows)]
+    if leak["closest"]:
+        lines += ["", "Closest pairs:", "", _table(
+            ["sample", "reference", "similarity", "dropped"],
+            [[c["sample_id"], f"{c['reference_source']}/{c['reference_id']}", f"{c['similarity']:.3f}",
+              "yes" if c["dropped"] else "no"] for c in leak["closest"]])]
+    return lines
+
+
+def _balance_section(b: dict, names: list[str]) -> str:
+    by = f" within each cell of {', '.join(b['by'])}" if b["by"] else ""
+    table = _table(["class", "before", "target", "after", "shortfall"],
+                   [[n, b["before"][n], "not capped" if b["target"][n] is None else b["target"][n], b["after"][n],
+                     b["shortfall"].get(n, 0)] for n in names])
+    return (f"Classes were undersampled to their targets{by}, keeping the most confident images. Imbalance "
+            f"(largest / smallest class) {b['imbalance_before']} before, {b['imbalance_after']} after.\n\n" + table)
+
+
 def render_card(manifest: Manifest, stats: dict, provenance: dict | None):
     """A ``huggingface_hub.DatasetCard`` for the build (``provenance`` is None for an images source)."""
     from huggingface_hub import DatasetCard, DatasetCardData
@@ -167,21 +209,20 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict | None):
          for name, s in stats["stages"].items()],
     )]
     parts += ["", "## Labels", "", *_labels_section(stats.get("labelling"), collected)]
+    balance = stats["stages"].get("balance", {}).get("meta")
+    if balance:
+        parts += ["", "## Balance", "", _balance_section(balance, names)]
     if collected:
         parts += ["", "## Intended use and limitations", "",
                   "Research on facial expression recognition. Every label is a machine prediction (a pseudo-label), "
                   "not a human annotation; the labellers' own biases and errors carry over to it. The licence of "
                   "this dataset cannot be more permissive than the licence of the source images: check it "
                   "before publishing."]
-        parts += ["", "## Privacy", "", "**This dataset contains photographs of real people** copied from the "
-                  "source. Publish it only if you have the right to redistribute these images and the people in "
-                  "them have agreed to this use."]
+        parts += ["", "## Privacy", "", *_privacy_lines(stats.get("identity_leak"), collected=True)]
     else:
         parts += ["", "## Intended use and limitations", "",
                   "Research on facial expression recognition with synthetic training data. Prompted demographic "
                   "attributes describe the prompt, not a verified property of the image. Synthetic images can carry "
                   "the biases of the generator and its training data."]
-        parts += ["", "## Privacy", "", "All images are generated; no photograph of a real person is included. "
-                  "This build ran no identity-leak check against real face sets, so it cannot rule out that a "
-                  "generated face resembles a person in the generator's training data."]
+        parts += ["", "## Privacy", "", *_privacy_lines(stats.get("identity_leak"))]
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(parts) + "\n")

@@ -63,6 +63,17 @@ def labelling_stats(store: ShardStore, stages: list[str], shards: range, labelle
             "mean_confidence_released": round(sum(confidences) / len(confidences), 4) if confidences else None}
 
 
+def identity_leak_stats(store: ShardStore, stages: list[str], shards: range, closest: int) -> dict | None:
+    """The leak gate's set-up plus the similarity histogram and closest pairs of every image it judged."""
+    if "identity_leak" not in stages or not shards:
+        return None
+    from curation.identity.leak import leak_report
+
+    meta = store.stats("identity_leak", 0)["meta"]
+    judged = [r for s in shards for r in store.kept("identity_leak", s) + store.rejected("identity_leak", s)]
+    return {**meta, **leak_report(None, judged, meta["threshold"], closest)}
+
+
 def generator_provenance(store: ShardStore, shards: range) -> dict:
     """The generator provenance every shard recorded; they must agree."""
     seen = {json.dumps(store.stats("generate", s)["meta"]["provenance"], sort_keys=True) for s in shards}
@@ -98,7 +109,7 @@ def release(manifest: Manifest, root: Path, stages: list[str], fingerprint: str,
         write_jsonl(staging / "rejected" / f"{stage}.jsonl", (r for s in shards for r in store.rejected(stage, s)))
     labelled, global_totals = kept, {}
     for stage in global_stages(manifest):
-        kept, global_totals[stage.name] = run_global_stage(stage, kept, staging / "rejected" / f"{stage.name}.jsonl")
+        kept, global_totals[stage.name] = run_global_stage(stage, kept, root, staging / "rejected" / f"{stage.name}.jsonl")
     splits = assign_splits(kept, manifest.output.splits, manifest.seed)
 
     empty = [name for name, recs in splits.items() if not recs]
@@ -137,6 +148,8 @@ def release(manifest: Manifest, root: Path, stages: list[str], fingerprint: str,
         "layout": generate_meta.get("layout"),
         "prompts": prompts,
         "labelling": labelling_stats(store, stages, shards, labelled, kept),
+        "identity_leak": identity_leak_stats(store, stages, shards, manifest.curation.identity_leak.closest
+                                             if manifest.curation.identity_leak else 0),
     }
     stats["stages"]["release"] = {"in": len(kept), "kept": len(kept), "dropped": {},
                                   "seconds": round(time.perf_counter() - started, 3)}
@@ -155,10 +168,10 @@ def release(manifest: Manifest, root: Path, stages: list[str], fingerprint: str,
     return stats
 
 
-def run_global_stage(stage, records: list[Record], rejected_path: Path) -> tuple[list[Record], dict]:
+def run_global_stage(stage, records: list[Record], root: Path, rejected_path: Path) -> tuple[list[Record], dict]:
     """Run a global stage over all kept records; write its rejects; return (kept, totals like a shard stage's)."""
     started = time.perf_counter()
-    out = list(stage.process(records))
+    out = list(stage.process(records, root))
     if sorted(r.sample_id for r in out) != sorted(r.sample_id for r in records):
         raise RuntimeError(f"stage {stage.name!r} must yield each input record exactly once")
     kept = [r for r in out if r.drop is None]

@@ -22,7 +22,7 @@ class TopKPerClass(GlobalStage):
     def meta(self) -> dict:
         return {"top_k_per_class": self.k}
 
-    def process(self, records: list[Record]) -> Iterator[Record]:
+    def process(self, records: list[Record], root=None) -> Iterator[Record]:
         by_class: dict[int, list[Record]] = defaultdict(list)
         for record in records:
             by_class[record.label].append(record)

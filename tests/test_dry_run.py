@@ -46,6 +46,6 @@ def test_dry_run_text_plan(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "28 samples, label map affectnet7" in out
     assert re.search(r"^  happy +4$", out, re.M)
-    assert "shards: 4 of up to 8 samples; stages per shard: generate, integrity, then release" in out
+    assert "shards: 4 of up to 8 samples; stages per shard: generate, integrity, then dedupe, release" in out
     assert "224 UNet forwards" in out
     assert not (tmp_path / "nothing").exists(), "a dry run writes nothing"

@@ -53,7 +53,7 @@ def test_enrich_runs_as_a_stage_in_a_build(tiny_lm, write_manifest, tmp_path):
     out = tmp_path / "out"
     assert main([str(manifest), "--out", str(out), "--no-progress"]) == 0
     stats = json.loads((out / "stats.json").read_text())
-    assert list(stats["stages"]) == ["enrich", "generate", "integrity", "release"]
+    assert list(stats["stages"]) == ["enrich", "generate", "integrity", "dedupe", "release"]
     assert stats["stages"]["enrich"]["kept"] == 2
     from datasets import load_from_disk
 

@@ -45,7 +45,7 @@ def faces(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def photo_build(faces, tmp_path_factory):
-    """The shipped example manifest, run from a folder whose out/faces holds the photos plus three bad files."""
+    """The shipped example manifest, run from a folder whose out/faces holds the photos plus four bad files."""
     work = tmp_path_factory.mktemp("work")
     folder = work / "out" / "faces"
     shutil.copytree(faces, folder)
@@ -53,6 +53,9 @@ def photo_build(faces, tmp_path_factory):
     Image.new("RGB", (96, 96), (128, 128, 128)).save(folder / "blank.png")
     ramp = np.tile(np.linspace(0, 255, 96, dtype=np.uint8), (96, 1))
     Image.fromarray(np.stack([ramp, ramp.T, ramp // 2], -1)).save(folder / "gradient.png")
+    import insightface
+
+    shutil.copy(Path(insightface.__file__).parent / "data" / "images" / "t1.jpg", folder / "group.jpg")
     with chdir(work):
         assert main([str(EXAMPLE), "--no-progress"]) == 0
     return work, work / "out" / "label-photos"
@@ -66,12 +69,13 @@ def test_example_labels_a_folder_of_real_photos(photo_build):
     _, out = photo_build
     stats = json.loads((out / "stats.json").read_text())
     funnel = {name: (s["in"], s["kept"], s["dropped"]) for name, s in stats["stages"].items()}
-    assert funnel["ingest"] == (11, 10, {"unreadable_image": 1})
-    assert funnel["integrity"] == (10, 9, {"blank_image": 1})
-    assert funnel["label"] == (9, 8, {"no_face": 1})
+    assert funnel["ingest"] == (12, 11, {"unreadable_image": 1})
+    assert funnel["integrity"] == (11, 10, {"blank_image": 1})
+    assert funnel["faces"] == (10, 8, {"multiple_faces": 1, "no_face": 1})
+    assert funnel["label"] == (8, 8, {}) and funnel["dedupe"] == (6, 6, {})
     assert [r.source for r in rejected(out, "ingest")] == ["broken.jpg"]
     assert [r.source for r in rejected(out, "integrity")] == ["blank.png"]
-    assert [r.source for r in rejected(out, "label")] == ["gradient.png"]
+    assert sorted(r.source for r in rejected(out, "faces")) == ["gradient.png", "group.jpg"]
 
     ds = load_from_disk(str(out / "hf"))["train"]
     assert ds.features["label"] == ClassLabel(names=["neutral", "happy", "sad", "surprise", "fear", "disgust",
@@ -111,12 +115,12 @@ def test_top_k_keeps_the_most_confident_per_class(photo_build):
 def test_card_and_stats_of_a_labelled_collection(photo_build):
     _, out = photo_build
     stats = json.loads((out / "stats.json").read_text())
-    assert stats["generator"] is None and stats["requested"] == {"total": 11, "classes": None}
-    assert stats["source"]["kind"] == "folder" and stats["source"]["count"] == 11
+    assert stats["generator"] is None and stats["requested"] == {"total": 12, "classes": None}
+    assert stats["source"]["kind"] == "folder" and stats["source"]["count"] == 12
     card = DatasetCard.load(out / "README.md")
     assert "pseudo-labels" in card.data.tags and "synthetic-data" not in card.data.tags
     assert "contains photographs of real people" in card.text
-    assert f"{stats['released']['total']} of 11 existing images" in card.text
+    assert f"{stats['released']['total']} of 12 existing images" in card.text
     for name, s in stats["stages"].items():
         assert f"| {name} | {s['in']} | {s['kept']} |" in card.text
 
@@ -143,8 +147,8 @@ def test_dry_run_of_an_images_manifest(photo_build, capsys, monkeypatch):
     capsys.readouterr()
     assert main([str(EXAMPLE), "--dry-run"]) == 0
     text = capsys.readouterr().out
-    assert "label 11 existing images from folder out/faces" in text
-    assert "stages per shard: ingest, integrity, label, then select, release" in text
+    assert "label 12 existing images from folder out/faces" in text
+    assert "stages per shard: ingest, integrity, faces, label, then select, dedupe, release" in text
     assert "the 3 most confident per class" in text
 
 
@@ -166,6 +170,7 @@ def test_a_datasets_dataset_as_source(faces, tmp_path, capsys):
     assert sorted(ds["source_file"]) == ["0", "1"]  # row 2 (all black) is dropped as blank_image
     assert {ds.features["label"].names[x] for x in ds["label"]} == {"happiness"}
     assert rejected(tmp_path / "out", "integrity")[0].drop.reason == "blank_image"
+    assert json.loads((tmp_path / "out" / "stats.json").read_text())["stages"]["faces"]["kept"] == 2
 
     manifest["images"]["split"] = "train"
     path.write_text(yaml.safe_dump(manifest))

@@ -1,0 +1,32 @@
+"""Reading photos and finding the one face to embed, the same way for the reference, calibration and the stage."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    """RGB uint8 (H, W, 3) from encoded image bytes, EXIF orientation applied (raises on unreadable data)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+
+
+def load_detector(min_score: float, min_size: float, device: str = "cpu"):
+    """(MTCNN detector, FacePolicy); MTCNN searches faces from ``min_size`` pixels (at least 20) up."""
+    from curation.faces import FacePolicy, load_detector as load_mtcnn
+
+    return load_mtcnn(device, min_face=max(20, int(min_size))), FacePolicy(min_score, min_size)
+
+
+def find_face(detector, policy, image: np.ndarray) -> dict | None:
+    """The primary face (largest box kept by ``policy``) as a ``record.face`` dict, or None."""
+    from builder.label import face_entry
+    from curation.faces import primary
+
+    found = policy.keep(detector.detect(image))
+    best = primary(found)
+    return None if best is None else face_entry(best, len(found))
