@@ -58,10 +58,10 @@ def _schema_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv and argv[0] in CONFIG_COMMANDS:
+            return _config_command(argv[1:], argv[0], *CONFIG_COMMANDS[argv[0]])
         if argv and argv[0] in SUBCOMMANDS:
-            commands = {"validate": _cmd_validate, "schema": _cmd_schema, "train-au-adapter": _cmd_train_au_adapter,
-                        "train-feranno": _cmd_train_feranno, "index-reference": _cmd_index_reference,
-                        "models": _cmd_models}
+            commands = {"validate": _cmd_validate, "schema": _cmd_schema, "models": _cmd_models}
             return commands[argv[0]](argv[1:])
         return _cmd_build(_build_parser().parse_args(argv))
     except UserError as exc:
@@ -113,56 +113,40 @@ def _cmd_validate(argv: list[str]) -> int:
     return 0
 
 
-def _cmd_train_au_adapter(argv: list[str]) -> int:
-    from .manifest_loader import load_manifest
-    from .train_config import TrainConfig
+def _config_command(argv: list[str], name: str, description: str, example: str, model: str, run: str) -> int:
+    """A subcommand that takes one YAML config: validate it as ``model``, then call ``run`` on it.
 
-    p = argparse.ArgumentParser(prog="build-dataset train-au-adapter",
-                                description="Train an AU adapter on a frozen generator; rerun to resume.")
-    p.add_argument("config", type=Path, help="training config (YAML); see manifests/train-au-adapter-demo.yaml")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    config = load_manifest(args.config, model=TrainConfig)
-    _quiet_libraries(progress=not args.no_progress)
-    from .train_adapter import train_au_adapter
+    ``model`` and ``run`` are "module:attribute" paths, imported only when the command runs.
+    """
+    from importlib import import_module
 
-    train_au_adapter(config, source=str(args.config), progress=not args.no_progress, log=_log)
-    return 0
-
-
-def _cmd_train_feranno(argv: list[str]) -> int:
-    from .feranno.config import FERAnnoTrainConfig
     from .manifest_loader import load_manifest
 
-    p = argparse.ArgumentParser(prog="build-dataset train-feranno",
-                                description="Train a FERAnno expression labeller on a frozen diffusion model's "
-                                "features; rerun to resume.")
-    p.add_argument("config", type=Path, help="training config (YAML); see manifests/train/feranno-demo.yaml")
+    def resolve(path: str):
+        module, attribute = path.split(":")
+        return getattr(import_module(module), attribute)
+
+    p = argparse.ArgumentParser(prog=f"build-dataset {name}", description=description)
+    p.add_argument("config", type=Path, help=f"config (YAML); see {example}")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    config = load_manifest(args.config, model=FERAnnoTrainConfig)
+    config = load_manifest(args.config, model=resolve(model))
     _quiet_libraries(progress=not args.no_progress)
-    from .feranno.train import train_feranno
-
-    train_feranno(config, source=str(args.config), progress=not args.no_progress, log=_log)
+    resolve(run)(config, source=str(args.config), progress=not args.no_progress, log=_log)
     return 0
 
 
-def _cmd_index_reference(argv: list[str]) -> int:
-    from .manifest_loader import load_manifest
-    from .reference_config import ReferenceConfig
-
-    p = argparse.ArgumentParser(prog="build-dataset index-reference",
-                                description="Index the faces of real reference photos for the identity_leak "
-                                "stage; a rerun embeds only new images.")
-    p.add_argument("config", type=Path, help="reference config (YAML); see manifests/reference/demo.yaml")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = p.parse_args(argv)
-    config = load_manifest(args.config, model=ReferenceConfig)
-    from curation.identity.reference import index_reference
-
-    index_reference(config, source=str(args.config), progress=not args.no_progress, log=_log)
-    return 0
+CONFIG_COMMANDS = {
+    "train-au-adapter": ("Train an AU adapter on a frozen generator; rerun to resume.",
+                         "manifests/train/au-adapter-demo.yaml", "builder.train_config:TrainConfig",
+                         "builder.train_adapter:train_au_adapter"),
+    "train-feranno": ("Train a FERAnno expression labeller on a frozen diffusion model's features; rerun to resume.",
+                      "manifests/train/feranno-demo.yaml", "builder.feranno.config:FERAnnoTrainConfig",
+                      "builder.feranno.train:train_feranno"),
+    "index-reference": ("Index the faces of real reference photos for the identity_leak stage; a rerun embeds "
+                        "only new images.", "manifests/reference/demo.yaml", "builder.reference_config:ReferenceConfig",
+                        "curation.identity.reference:index_reference"),
+}
 
 
 def _cmd_models(argv: list[str]) -> int:

@@ -47,8 +47,8 @@ class ReferenceIndexSpec(_Strict):
         default="auto", description="flat: exact search; ivf: inverted file (approximate, fast to build); "
         "hnsw: graph (approximate, fast queries, slow to build); auto: flat below auto_threshold vectors, ivf above.")
     auto_threshold: int = Field(default=1_000_000, gt=0, description="With type auto: from this many vectors on, "
-                                "use ivf instead of flat (exact search of 10^6 faces costs 11-36 ms per query on "
-                                "2 cores, less than finding and embedding the face; see bench/RESULTS.md).")
+                                "use ivf instead of flat (exact search of 10^6 faces costs 5-17 ms per query on "
+                                "2 cores, less than embedding the face; see bench/RESULTS.md).")
     nlist: int | None = Field(default=None, gt=0, description="ivf: number of k-means cells (default about "
                               "4 * sqrt(N)).")
     nprobe: int = Field(default=64, gt=0, description="ivf: cells searched per query (more: better recall, "
