@@ -65,7 +65,8 @@ def main() -> int:
     args = p.parse_args()
     from curation.identity.calibrate import pick_threshold
     from curation.identity.embedders import load_embedder
-    from curation.identity.images import find_face, load_detector
+    from curation.faces import find_face
+    from curation.identity.images import load_detector
 
     detector, policy = load_detector(0.9, args.min_size)
     embedder = load_embedder("dlib")

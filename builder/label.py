@@ -20,12 +20,6 @@ from .records import Drop, Record
 from .stage import Resources, ShardContext, Stage
 
 
-def face_entry(detection, count: int) -> dict:
-    """The JSON form of a detection stored in ``record.face``."""
-    return {"box": [round(v, 2) for v in detection.box], "score": round(detection.score, 5),
-            "landmarks": [[round(x, 2), round(y, 2)] for x, y in detection.landmarks], "count": count}
-
-
 class LabelStage(Stage):
     """Expert labelling with face detection in front (see the module docstring)."""
 
@@ -60,17 +54,15 @@ class LabelStage(Stage):
     def _crop(self, record: Record, ctx: ShardContext) -> np.ndarray | None:
         from PIL import Image
 
-        from curation.faces import FacePolicy, align, primary
+        from curation.faces import FacePolicy, align, find_face
 
         with Image.open(ctx.resolve(record.image)) as im:
             image = np.asarray(im.convert("RGB"))
         faces = self.spec.faces
         if record.face is None:
-            found = FacePolicy(faces.min_score, faces.min_size).keep(self.detector.detect(image))
-            best = primary(found)
-            if best is None:
+            record.face = find_face(self.detector, FacePolicy(faces.min_score, faces.min_size), image)
+            if record.face is None:
                 return None
-            record.face = face_entry(best, len(found))
         return align(image, record.face["landmarks"], faces.size, faces.margin)
 
     def process(self, records: list[Record], ctx: ShardContext) -> Iterator[Record]:

@@ -81,3 +81,16 @@ def load_detector(device: str = "cpu", min_face: int = 20):
 
     files = [fetch(REGISTRY[f"mtcnn-{net}"]) for net in ("pnet", "rnet", "onet")]
     return MTCNN.from_files(*files, device=device, min_face=min_face)
+
+
+def face_entry(detection, count: int) -> dict:
+    """The JSON form of a detection stored in ``record.face`` (box, score, 5 landmarks, number of faces)."""
+    return {"box": [round(v, 2) for v in detection.box], "score": round(detection.score, 5),
+            "landmarks": [[round(x, 2), round(y, 2)] for x, y in detection.landmarks], "count": count}
+
+
+def find_face(detector, policy: FacePolicy, image) -> dict | None:
+    """The primary face (largest box ``policy`` keeps) of an RGB image as a ``record.face`` dict, or None."""
+    found = policy.keep(detector.detect(image))
+    best = primary(found)
+    return None if best is None else face_entry(best, len(found))

@@ -55,9 +55,7 @@ class FaceQualityFilter(Filter):
     def check(self, record: Record, ctx: ShardContext) -> tuple[str, str] | None:
         from PIL import Image
 
-        from builder.label import face_entry
-
-        from .faces import align
+        from .faces import align, face_entry
 
         with Image.open(ctx.resolve(record.image)) as im:
             image = np.asarray(im.convert("RGB"))

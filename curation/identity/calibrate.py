@@ -133,7 +133,8 @@ def _folder_pairs(root: Path, seed: int, impostors: int) -> list[tuple[Path, Pat
 
 def embed_images(paths, embedder, detector, policy) -> dict[Path, np.ndarray | None]:
     """Each distinct image's embedding (None: unreadable or no face)."""
-    from .images import decode_rgb, find_face
+    from ..faces import find_face
+    from .images import decode_rgb
 
     out = {}
     for path in dict.fromkeys(paths):

@@ -21,12 +21,3 @@ def load_detector(min_score: float, min_size: float, device: str = "cpu"):
 
     return load_mtcnn(device, min_face=max(20, int(min_size))), FacePolicy(min_score, min_size)
 
-
-def find_face(detector, policy, image: np.ndarray) -> dict | None:
-    """The primary face (largest box kept by ``policy``) as a ``record.face`` dict, or None."""
-    from builder.label import face_entry
-    from curation.faces import primary
-
-    found = policy.keep(detector.detect(image))
-    best = primary(found)
-    return None if best is None else face_entry(best, len(found))

@@ -110,7 +110,7 @@ class IdentityLeakStage(Stage):
     def _embed(self, record: Record, ctx: ShardContext) -> np.ndarray | None:
         from PIL import Image
 
-        from .images import find_face
+        from ..faces import find_face
 
         if not record.image:
             raise ValueError("record has no image")

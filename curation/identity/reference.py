@@ -245,7 +245,8 @@ def _skip(item: Item, reason: str, detail: str) -> dict:
 
 def _embed_one(item: Item, embedder, detector, policy) -> tuple[np.ndarray, dict] | dict:
     """(vector, metadata line) for an image with a face, else its skipped line."""
-    from .images import decode_rgb, find_face
+    from ..faces import find_face
+    from .images import decode_rgb
     from ..hashing import phash
 
     if item.error:
