@@ -13,7 +13,6 @@ MTCNN and of the embedder (median over the originals).
 from __future__ import annotations
 
 import argparse
-import io
 import itertools
 import sys
 import time
@@ -25,44 +24,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def augment(image, kind: str):
-    from PIL import Image
-
-    if kind == "resize":
-        return image.resize((image.width * 2 // 3, image.height * 2 // 3), Image.Resampling.BICUBIC)
-    if kind == "jpeg":
-        buf = io.BytesIO()
-        image.save(buf, "JPEG", quality=40)
-        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-    if kind == "flip":
-        return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    w, h = image.size
-    return image.crop((int(w * 0.06), int(h * 0.05), int(w * 0.95), int(h * 0.97)))
-
-
-def people(detector, policy) -> dict:
-    import insightface
-    from PIL import Image
-    from skimage import data
-
-    images = Path(insightface.__file__).parent / "data" / "images"
-    group = Image.open(images / "t1.jpg").convert("RGB")
-    faces = sorted(policy.keep(detector.detect(np.asarray(group))), key=lambda d: d.box[0])
-    out = {}
-    for i, face in enumerate(faces, start=1):
-        x1, y1, x2, y2 = face.box
-        pad = 0.6 * max(x2 - x1, y2 - y1)
-        out[f"g{i}"] = group.crop((max(0, int(x1 - pad)), max(0, int(y1 - pad)), min(group.width, int(x2 + pad)),
-                                   min(group.height, int(y2 + pad))))
-    out["portrait"] = Image.open(images / "Tom_Hanks_54745.png").convert("RGB")
-    out["astronaut"] = Image.fromarray(data.astronaut())
-    return out
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--min-size", type=float, default=40)
     args = p.parse_args()
+    from builder.example_faces import example_faces, near_copy
     from curation.identity.calibrate import pick_threshold
     from curation.identity.embedders import load_embedder
     from curation.faces import find_face
@@ -70,7 +36,7 @@ def main() -> int:
 
     detector, policy = load_detector(0.9, args.min_size)
     embedder = load_embedder("dlib")
-    photos = people(detector, policy)
+    photos = example_faces()
     detect_s, embed_s = [], []
 
     def embed(image) -> np.ndarray | None:
@@ -89,7 +55,7 @@ def main() -> int:
     timings = (float(np.median(detect_s)), float(np.median(embed_s)))
     genuine = {kind: {} for kind in ("resize", "jpeg", "flip", "crop")}
     for kind, name in itertools.product(genuine, photos):
-        vector = embed(augment(photos[name], kind))
+        vector = embed(near_copy(photos[name], kind))
         genuine[kind][name] = None if vector is None else float(vector @ originals[name])
     impostor = {(a, b): float(originals[a] @ originals[b]) for a, b in itertools.combinations(photos, 2)}
 

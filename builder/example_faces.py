@@ -8,6 +8,7 @@ exist to run ``manifests/label-photos.yaml`` end to end, not to train on.
 """
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
@@ -16,38 +17,71 @@ import numpy as np
 CROP_MARGIN = 0.6  # context around each group-photo face, as a fraction of its box side
 
 
-def write_example_faces(folder: Path) -> list[Path]:
-    """Write the photos into ``folder``; return their paths (sorted)."""
+NEAR_COPIES = ("resize", "jpeg", "flip", "crop", "crop15", "rotate")
+
+
+def example_faces() -> dict:
+    """name -> RGB PIL photo: ``portrait``, ``g1``..``g6`` (the group photo's people, left to right, cropped
+    around their MTCNN boxes with ``CROP_MARGIN``) and ``astronaut`` (when scikit-image is installed)."""
     import insightface
     from PIL import Image
 
     from curation.faces import FacePolicy, load_detector
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     images = Path(insightface.__file__).parent / "data" / "images"
-    written = []
+    out = {}
     with Image.open(images / "Tom_Hanks_54745.png") as im:
-        im.convert("RGB").save(folder / "portrait.png")
-    written.append(folder / "portrait.png")
+        out["portrait"] = im.convert("RGB")
     with Image.open(images / "t1.jpg") as im:
-        group = np.asarray(im.convert("RGB"))
-    faces = sorted(FacePolicy().keep(load_detector().detect(group)), key=lambda d: d.box[0])
+        group = im.convert("RGB")
+    faces = sorted(FacePolicy().keep(load_detector().detect(np.asarray(group))), key=lambda d: d.box[0])
     for i, face in enumerate(faces, start=1):
         x1, y1, x2, y2 = face.box
         pad = CROP_MARGIN * max(x2 - x1, y2 - y1)
-        box = (max(0, int(x1 - pad)), max(0, int(y1 - pad)), min(group.shape[1], int(x2 + pad)),
-               min(group.shape[0], int(y2 + pad)))
-        path = folder / f"group-{i}.png"
-        Image.fromarray(group).crop(box).save(path)
-        written.append(path)
+        out[f"g{i}"] = group.crop((max(0, int(x1 - pad)), max(0, int(y1 - pad)), min(group.width, int(x2 + pad)),
+                                   min(group.height, int(y2 + pad))))
     try:
         from skimage import data
     except ImportError:
         print("scikit-image is not installed: skipping the astronaut photo", file=sys.stderr)
     else:
-        Image.fromarray(data.astronaut()).save(folder / "astronaut.png")
-        written.append(folder / "astronaut.png")
+        out["astronaut"] = Image.fromarray(data.astronaut())
+    return out
+
+
+def near_copy(image, kind: str):
+    """A near copy of a PIL photo, as a leak or a duplicate would arrive: ``resize`` (2/3), ``jpeg`` (quality
+    40), ``flip`` (mirror), ``crop`` (3-6 % per side), ``crop15`` (12-15 %, which moves the perceptual hash
+    like another picture would) or ``rotate`` (5 degrees)."""
+    from PIL import Image
+
+    w, h = image.size
+    if kind == "resize":
+        return image.resize((w * 2 // 3, h * 2 // 3), Image.Resampling.BICUBIC)
+    if kind == "jpeg":
+        buf = io.BytesIO()
+        image.save(buf, "JPEG", quality=40)
+        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    if kind == "flip":
+        return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if kind == "crop":
+        return image.crop((int(w * 0.06), int(h * 0.05), int(w * 0.95), int(h * 0.97)))
+    if kind == "crop15":
+        return image.crop((int(w * 0.15), int(h * 0.12), int(w * 0.9), int(h * 0.95)))
+    if kind == "rotate":
+        return image.rotate(5, resample=Image.Resampling.BICUBIC)
+    raise ValueError(f"unknown near-copy kind {kind!r}; use one of {', '.join(NEAR_COPIES)}")
+
+
+def write_example_faces(folder: Path) -> list[Path]:
+    """Write the photos into ``folder`` (``g<i>`` as ``group-<i>.png``); return their paths (sorted)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, image in example_faces().items():
+        path = folder / f"{'group-' + name[1:] if name[:1] == 'g' and name[1:].isdigit() else name}.png"
+        image.save(path)
+        written.append(path)
     return sorted(written)
 
 

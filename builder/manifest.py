@@ -23,6 +23,17 @@ from .prompts import PLACEHOLDERS, TEMPLATE_SETS
 BUILTIN_TINY_MODEL = "builtin:tiny-sd"
 # Generator settings a build may change when it resumes (they do not change any image).
 NOT_IDENTITY = ("device", "batch_size")
+ADDED_AT_DEFAULT = {
+    ("curation", "dedupe", "embedding_similarity"): None,
+    ("curation", "dedupe", "reference"): None,
+    ("curation", "embedder"): {"backend": "dlib", "model": None},
+    ("curation", "identities"): None,
+    ("curation", "faces", "detector"): "mtcnn",
+    ("curation", "faces", "detector_model"): None,
+    ("curation", "faces", "detector_size"): 640,
+}
+"""Fields added after builds existed, left out of the identity while at these defaults, so that build folders
+made before them keep their fingerprint."""
 # Record fields that prompt axes may not shadow as dataset columns.
 RESERVED_COLUMNS = frozenset(
     {"image", "label", "au", "prompt", "negative_prompt", "seed", "sample_id", "expression", "au_cues", "au_names",
@@ -388,11 +399,19 @@ class Integrity(_Strict):
 
 
 class FaceQuality(_Strict):
-    """Face checks (MTCNN): one dominant face of a usable size, sharp and well exposed."""
+    """Face checks (MTCNN or SCRFD): one dominant face of a usable size, sharp and well exposed."""
 
     enabled: bool = Field(default=True, description="Run the face checks (the 'faces' stage).")
-    min_score: float = Field(default=0.9, ge=0, le=1, description="Minimum MTCNN face score; weaker detections "
-                             "are ignored.")
+    detector: Literal["mtcnn", "scrfd"] = Field(default="mtcnn", description="Face detector: 'mtcnn' (the "
+                                                "tool's torch port, pinned weights, offline) or 'scrfd' "
+                                                "(insightface's SCRFD ONNX model given by detector_model).")
+    detector_model: str | None = Field(default=None, min_length=1, description="scrfd only: path of the SCRFD "
+                                       ".onnx file with landmarks (e.g. buffalo_l/det_10g.onnx).")
+    detector_size: int = Field(default=640, ge=128, le=2048, multiple_of=32, description="scrfd only: side of "
+                               "the square the image is letterboxed into for the detector (a model with a fixed "
+                               "input size keeps its own).")
+    min_score: float = Field(default=0.9, ge=0, le=1, description="Minimum detector score; weaker detections "
+                             "are ignored. Typical: 0.9 for MTCNN, 0.5 for SCRFD (its faces score lower).")
     min_size: float = Field(default=32, ge=8, description="Minimum side of the main face's box in pixels "
                             "('small_face' below it).")
     max_other_face: float = Field(default=0.25, ge=0, le=1, description="A second face whose box area is more "
@@ -403,6 +422,20 @@ class FaceQuality(_Strict):
                                   "the face crop ('underexposed' below it).")
     max_brightness: float = Field(default=220.0, ge=0, le=255, description="Maximum mean grey level of the face "
                                   "crop ('overexposed' above it).")
+
+    @model_validator(mode="after")
+    def _model_for_scrfd(self) -> FaceQuality:
+        if self.detector == "scrfd" and self.detector_model is None:
+            raise _fail("detector_model", "the scrfd detector needs 'detector_model'",
+                        "set detector_model: to the path of an SCRFD .onnx file (buffalo_l: det_10g.onnx)",
+                        at="detector_model")
+        if self.detector == "mtcnn":
+            for field in ("detector_model", "detector_size"):
+                if field in self.model_fields_set:
+                    raise _fail("scrfd_only", "'{field}' is for the scrfd detector; MTCNN uses its pinned "
+                                "weights at the image's own size", "remove {field}:, or set detector: scrfd",
+                                at=field, field=field)
+        return self
 
 
 class IdentityLeak(_Strict):
@@ -441,6 +474,20 @@ class Dedupe(_Strict):
                                       "hash (or its mirror image's) is within this Hamming distance of a kept "
                                       "one's ('near_duplicate'); null turns it off. Resizing and recompression "
                                       "move the hash by 0-2 bits, a 5 % crop by about 6, another picture by ~32.")
+    embedding_similarity: float | None = Field(default=None, gt=0, le=1, description="Drop faces whose identity "
+                                               "embedding (curation.embedder) has at least this cosine similarity "
+                                               "to a kept face's ('embedding_duplicate'): the same face rendered "
+                                               "again, not merely the same person. dlib, measured on real photos: "
+                                               "near copies 0.98-1.00, different people 0.81-0.91. Null (default) "
+                                               "turns it off; it embeds every face (about 0.3 s each with dlib on a "
+                                               "CPU core, cached in the build folder).")
+    reference: str | None = Field(default=None, min_length=1, description="A `build-dataset index-reference` "
+                                  "output_dir whose images must not appear in this dataset (e.g. an evaluation "
+                                  "set): an image with the same bytes as one of them is a 'reference_exact_duplicate'"
+                                  ", one within near_distance of one's perceptual hash (or its mirror's) a "
+                                  "'reference_near_duplicate', and, with embedding_similarity, a face at least that "
+                                  "close to one of its faces a 'reference_embedding_duplicate' (the index must have "
+                                  "been built with curation.embedder's model).")
 
 
 class Balance(_Strict):
@@ -453,15 +500,54 @@ class Balance(_Strict):
                           "cell); each cell gets an equal share of its class's target.")
 
 
+class FaceEmbedder(_Strict):
+    """The face identity embedder of the whole-set stages (embedding dedupe, identities)."""
+
+    backend: Literal["dlib", "insightface"] = Field(default="dlib", description="'dlib': dlib's ResNet (128-d; "
+                                                    "weights from the face-recognition-models package, offline). "
+                                                    "'insightface': an ArcFace ONNX model given by 'model'.")
+    model: str | None = Field(default=None, min_length=1, description="insightface only: path of the ArcFace "
+                              ".onnx file (e.g. buffalo_l/w600k_r50.onnx) or a model pack name.")
+
+    @model_validator(mode="after")
+    def _model_for_insightface(self) -> FaceEmbedder:
+        if self.backend == "insightface" and self.model is None:
+            raise _fail("embedder_model", "the insightface backend needs 'model'",
+                        "set model: to the path of an ArcFace .onnx file (e.g. buffalo_l/w600k_r50.onnx)")
+        if self.backend == "dlib" and self.model is not None:
+            raise _fail("embedder_model", "the dlib backend takes no 'model' (its weights ship with "
+                        "face-recognition-models)", "remove model:, or set backend: insightface")
+        return self
+
+
+class Identities(_Strict):
+    """Group faces into identities (who is depicted) for diversity stats, optionally capping images per
+    identity."""
+
+    threshold: float = Field(gt=0, le=1, description="Two faces belong to one identity at or above this cosine "
+                             "similarity of their embeddings (curation.embedder). Faces join the most similar "
+                             "identity founded by a more confident face, else found their own. Calibrate it for "
+                             "the embedder: with dlib, different people measured 0.81-0.91 on real photos.")
+    max_per_identity: int | None = Field(default=None, ge=1, description="Keep at most this many images per "
+                                         "identity, the most confident first ('identity_cap'); null keeps all.")
+    largest: int = Field(default=10, ge=0, le=1000, description="How many of the largest identities the stats "
+                         "and the card list.")
+
+
 class Curation(_Strict):
-    """Curation stages; the pipeline fixes their order: integrity, faces, identity_leak per shard; then dedupe
-    and balance over the whole set."""
+    """Curation stages; the pipeline fixes their order: integrity, faces, identity_leak per shard; then dedupe,
+    identities and balance over the whole set."""
 
     integrity: Integrity = Field(default_factory=Integrity, description="Image integrity check.")
     faces: FaceQuality = Field(default_factory=FaceQuality, description="Face checks (the 'faces' stage).")
     identity_leak: IdentityLeak | None = Field(default=None, description="Identity-leak gate against real "
                                                "reference faces; omit to skip (the card then says so).")
-    dedupe: Dedupe = Field(default_factory=Dedupe, description="Exact and near duplicate removal.")
+    dedupe: Dedupe = Field(default_factory=Dedupe, description="Exact, near and embedding duplicate removal, "
+                           "inside the set and against a reference set.")
+    embedder: FaceEmbedder = Field(default_factory=FaceEmbedder, description="Face identity embedder of "
+                                   "dedupe.embedding_similarity and identities.")
+    identities: Identities | None = Field(default=None, description="Identity clusters and diversity stats, "
+                                          "optionally a cap per identity; omit to skip.")
     balance: Balance | None = Field(default=None, description="Class (x demographic cell) balancing; omit to "
                                     "keep the distribution as it comes out of curation.")
 
@@ -732,6 +818,12 @@ class Manifest(_Strict):
                 data["generator"].pop(key, None)
         if data["labelling"] is not None:
             data["labelling"].pop("device", None)
+        for *parents, key in ADDED_AT_DEFAULT:
+            node = data
+            for parent in parents:
+                node = node[parent]
+            if node.get(key, ...) == ADDED_AT_DEFAULT[(*parents, key)]:
+                del node[key]
         if self.images is None:
             del data["images"]  # generation manifests keep the fingerprints they had before images sources
         else:

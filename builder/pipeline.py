@@ -49,11 +49,21 @@ def global_stages(manifest: Manifest) -> list[GlobalStage]:
         from curation.select import TopKPerClass
 
         stages.append(TopKPerClass(manifest.images.top_k_per_class))
-    if manifest.curation.dedupe.enabled:
+    curation = manifest.curation
+    embeddings = None
+    if (curation.dedupe.enabled and curation.dedupe.embedding_similarity is not None) or curation.identities:
+        from curation.embeddings import FaceEmbeddings
+
+        embeddings = FaceEmbeddings(curation.embedder)  # one per release: dedupe and identities share vectors
+    if curation.dedupe.enabled:
         from curation.dedupe import DedupeStage
 
-        stages.append(DedupeStage(manifest.curation.dedupe))
-    if manifest.curation.balance is not None:
+        stages.append(DedupeStage(curation.dedupe, embeddings))
+    if curation.identities is not None:
+        from curation.identities import IdentitiesStage
+
+        stages.append(IdentitiesStage(curation.identities, embeddings, manifest.labels.names))
+    if curation.balance is not None:
         from curation.balance import BalanceStage
 
         stages.append(BalanceStage(manifest.curation.balance, manifest.labels.names))

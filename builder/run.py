@@ -19,7 +19,7 @@ from . import __version__
 from .errors import OutputDirError
 from .executor import LocalExecutor, ShardTask
 from .manifest import Manifest
-from .pipeline import guard_warnings
+from .pipeline import global_stages, guard_warnings
 from .shards import ShardStore
 
 BUILD_FILE = "build.json"
@@ -49,6 +49,8 @@ def build(manifest: Manifest, out: Path, executor=None, progress: bool = True, l
         store = ShardStore(out)
         if store.clean_staging():
             log("removed unfinished shard outputs of an interrupted run")
+        for stage in global_stages(manifest):
+            stage.preflight()
         task = ShardTask(manifest, out)
         pending = [s for s in range(manifest.num_shards()) if task.pending(s)]
         if not pending and is_released(out, fp):

@@ -96,6 +96,10 @@ class GlobalStage(ABC):
 
     name: ClassVar[str]
 
+    def preflight(self) -> None:
+        """Raise a ``UserError`` for a set-up problem (a missing file, a mismatched model). The build calls it
+        before the first shard, so a bad setting fails in seconds, not after hours of generation."""
+
     @abstractmethod
     def process(self, records: list[Record], root: Path) -> Iterator[Record]:
         """Yield every record of ``records`` (image paths relative to the build folder ``root``), with ``drop``

@@ -38,7 +38,7 @@ def _guidance(g: dict | None) -> str:
             "to label or evaluate this data: it would agree with itself")
 
 
-def _labels_section(lab: dict | None, collected: bool = False) -> list[str]:
+def _labels_section(lab: dict | None, collected: bool = False, detector: str = "MTCNN") -> list[str]:
     if not lab:
         return ["Each `label` is the expression the image was *prompted* for. No classifier has confirmed it: this "
                 "build ran no label calibration, so expect some images not to show their label."]
@@ -50,7 +50,7 @@ def _labels_section(lab: dict | None, collected: bool = False) -> list[str]:
         outcome = (("images the experts confidently put in another class were relabelled" if lab["relabel"]
                     else "images the experts put in another class were dropped")
                    + ". `target_label` is the prompted class, `label` the final one")
-    lines = [f"Every image was checked by expert FER models after face detection and alignment (MTCNN). Their "
+    lines = [f"Every image was checked by expert FER models after face detection and alignment ({detector}). Their "
              f"probabilities were pooled by {rule}; an image was kept when the pooled confidence was at least "
              f"{lab['min_confidence']:g} and a weighted share of at least {lab['min_agreement']:g} of the experts "
              f"agreed; {outcome}, and each expert's probabilities are in its `probs_<name>` column.", "",
@@ -151,6 +151,50 @@ def _balance_section(b: dict, names: list[str]) -> str:
             f"(largest / smallest class) {b['imbalance_before']} before, {b['imbalance_after']} after.\n\n" + table)
 
 
+def _dedupe_lines(d: dict) -> list[str]:
+    checks = ["identical pixels" if d["exact"] else None,
+              f"a perceptual hash (or its mirror's) within {d['near_distance']} bits"
+              if d["near_distance"] is not None else None,
+              f"a face embedding ({d['embedder']['backend']}) with cosine similarity {d['embedding_similarity']:g} "
+              "or more" if d.get("embedding_similarity") is not None else None]
+    checks = [c for c in checks if c]
+    if not checks:
+        return []
+    lines = [f"Duplicates were removed, keeping the most confident copy: {'; '.join(checks)}. "
+             f"{d['duplicate_groups']} images had duplicates dropped."]
+    if d.get("reference"):
+        lines[0] += (f" Images matching any of the {d['reference']['images']} images of the reference set "
+                     f"`{d['reference']['index']}` the same way were dropped too.")
+    return lines
+
+
+def _identities_lines(m: dict) -> list[str]:
+    b, a = m["before"], m["after"]
+    if not b["identities"]:
+        return ["No face could be embedded, so no identity was formed."]
+    cap = (f" At most {m['max_per_identity']} images were kept per identity (the most confident): "
+           f"{a['images']} images of {a['identities']} identities remain." if m["max_per_identity"] else "")
+    lines = [f"Faces were grouped into identities ({m['embedder']['backend']} embeddings, cosine similarity "
+             f"{m['threshold']:g} or more to the identity's first, most confident face): {b['images']} images "
+             f"form {b['identities']} identities, {b['mean_images']} images per identity on average, "
+             f"{b['singletons']} seen once, largest {b['max_images']}; effective number of identities "
+             f"{b['effective_identities']}.{cap}"
+             + (f" {m['without_face']} images had no face to embed." if m["without_face"] else ""),
+             "", _table(["images per identity", "identities"], [[k, v] for k, v in b["size_histogram"].items()])]
+    if m["largest"]:
+        lines += ["", "Largest identities:", "", _table(
+            ["identity (first image)", "images", "kept", "classes"],
+            [[g["identity"], g["images"], g["kept"], ", ".join(f"{c}: {n}" for c, n in g["classes"].items())]
+             for g in m["largest"]])]
+    return lines
+
+
+def _detector(manifest: Manifest) -> str:
+    """The detector whose faces the labellers saw: the faces stage's when it ran (they reuse its face)."""
+    faces = manifest.curation.faces
+    return "SCRFD" if faces.enabled and faces.detector == "scrfd" else "MTCNN"
+
+
 def render_card(manifest: Manifest, stats: dict, provenance: dict | None):
     """A ``huggingface_hub.DatasetCard`` for the build (``provenance`` is None for an images source)."""
     from huggingface_hub import DatasetCard, DatasetCardData
@@ -208,7 +252,13 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict | None):
         [[name, s["in"], s["kept"], ", ".join(f"{r}: {c}" for r, c in s["dropped"].items()) or "none"]
          for name, s in stats["stages"].items()],
     )]
-    parts += ["", "## Labels", "", *_labels_section(stats.get("labelling"), collected)]
+    parts += ["", "## Labels", "", *_labels_section(stats.get("labelling"), collected, _detector(manifest))]
+    dedupe = stats["stages"].get("dedupe", {}).get("meta")
+    if dedupe and _dedupe_lines(dedupe):
+        parts += ["", "## Duplicates", "", *_dedupe_lines(dedupe)]
+    identities = stats["stages"].get("identities", {}).get("meta")
+    if identities:
+        parts += ["", "## Identities", "", *_identities_lines(identities)]
     balance = stats["stages"].get("balance", {}).get("meta")
     if balance:
         parts += ["", "## Balance", "", _balance_section(balance, names)]

@@ -50,6 +50,8 @@ def features(manifest: Manifest):
         })
         cols.update({f"probs_{name}": List(Value("float32"), length=len(manifest.labels.names))
                      for name in manifest.labelling.labeller_names})
+    if manifest.curation.identities is not None:
+        cols["identity"] = Value("string")
     if manifest.images is None:
         cols.update({
             "generator_model": Value("string"),
@@ -68,9 +70,11 @@ def labelling_columns(record: Record, names) -> dict:
             **{f"probs_{name}": probs for name, probs in lab["experts"].items()}}
 
 
-def row(record: Record, root: Path, provenance: dict | None, names) -> dict:
+def row(record: Record, root: Path, provenance: dict | None, names, identities: bool = False) -> dict:
     image = {"bytes": (root / record.image).read_bytes(), "path": Path(record.image).name}
     labelling = labelling_columns(record, names) if record.labelling else {}
+    if identities:
+        labelling["identity"] = (record.face or {}).get("identity")
     if provenance is None:  # an images source
         return {"image": image, "label": record.label, "sample_id": record.sample_id, "source_file": record.source,
                 **labelling}
@@ -106,7 +110,7 @@ def build_dataset_dict(splits: dict[str, list[Record]], manifest: Manifest, prov
 
         def gen(records=records):
             for rec in records:
-                yield row(rec, root, provenance, manifest.labels.names)
+                yield row(rec, root, provenance, manifest.labels.names, manifest.curation.identities is not None)
 
         ds = Dataset.from_generator(
             gen, features=feats, cache_dir=str(cache_dir), split=NamedSplit(name), fingerprint=fingerprint

@@ -1,19 +1,35 @@
-"""The 'dedupe' global stage: drop exact and near duplicates, keeping one copy by a fixed rule.
+"""The 'dedupe' global stage: drop duplicates inside the set and copies of a reference set, by a fixed rule.
 
 Records are visited best first (higher label confidence, then lower sample
 index), so the copy that stays is the same on every run and whatever the
-shard layout. A record is an ``exact_duplicate`` when its decoded pixels equal
-a kept record's, a ``near_duplicate`` when its 64-bit perceptual hash, or the
-hash of its mirror image, is within ``near_distance`` bits of a kept one's
-(``curation.hashing``). The detail names the copy that stayed.
+shard layout. Passes, each over the records the previous ones kept:
+
+1. Against the reference set (``reference``: an index-reference folder):
+   ``reference_exact_duplicate`` (same file bytes as a reference image),
+   ``reference_near_duplicate`` (64-bit perceptual hash, or its mirror's,
+   within ``near_distance`` bits of a reference image's) and, with
+   ``embedding_similarity``, ``reference_embedding_duplicate`` (the face's
+   nearest reference face is at least that similar).
+2. Inside the set: ``exact_duplicate`` (same decoded pixels as a kept record),
+   ``near_duplicate`` (perceptual hash or its mirror's within
+   ``near_distance`` bits of a kept record's).
+3. Inside the set, with ``embedding_similarity``: ``embedding_duplicate``
+   (a kept record's face is at least that similar; FAISS range search over
+   every face at once, then the same best-first pass).
+
+Every detail names the copy that stayed; records without a face skip the
+embedding passes.
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from builder.errors import UserError
 from builder.records import Drop, Record
 from builder.stage import GlobalStage
 
@@ -26,49 +42,171 @@ def priority(record: Record) -> tuple:
     return (-confidence, record.index)
 
 
+@dataclass
+class _Hashes:
+    record: Record
+    file_sha256: str
+    pixels: str
+    phash: int
+    mirror: int
+
+
 class DedupeStage(GlobalStage):
     name = "dedupe"
 
-    def __init__(self, spec):
+    def __init__(self, spec, embeddings=None):
+        """``spec``: the manifest's ``curation.dedupe``; ``embeddings``: a ``FaceEmbeddings`` (needed when
+        ``spec.embedding_similarity`` is set)."""
         self.spec = spec
+        self.embeddings = embeddings
         self.groups = 0
+        self.embedded = 0
+        self.reference_count = None
+
+    def preflight(self) -> None:
+        if self.spec.reference is None:
+            return
+        from .identity.folder import ReferenceFolder
+
+        info = ReferenceFolder(self.spec.reference).info()
+        where = "curation.dedupe.reference"
+        if info is None:
+            raise UserError(f"{where}: {self.spec.reference} is not a reference index (no index.json)",
+                            fix="build one with `build-dataset index-reference CONFIG` and give its output_dir")
+        if self.spec.embedding_similarity is not None and info["model"]["sha256"] != self.embeddings.load().sha256:
+            raise UserError(f"{where}: the index {self.spec.reference} was built with {info['backend']} "
+                            f"({info['model']['sha256'][:12]}), curation.embedder is {self.spec_embedder()}",
+                            fix="set curation.embedder to the backend and model the index was built with, or "
+                                "rebuild the index with curation.embedder's model")
+
+    def spec_embedder(self) -> str:
+        model = self.embeddings.describe()
+        return f"{model['backend']} ({model['model_sha256'][:12]})"
 
     def meta(self) -> dict:
-        return {"exact": self.spec.exact, "near_distance": self.spec.near_distance, "duplicate_groups": self.groups}
+        s = self.spec
+        out = {"exact": s.exact, "near_distance": s.near_distance, "duplicate_groups": self.groups}
+        if s.embedding_similarity is not None:
+            out.update(embedding_similarity=s.embedding_similarity, embedder=self.embeddings.describe(),
+                       faces_embedded=self.embedded)
+        if s.reference is not None:
+            out["reference"] = {"index": Path(s.reference).name, "images": self.reference_count}
+        return out
 
     def process(self, records: list[Record], root: Path) -> Iterator[Record]:
-        from PIL import Image
+        self.preflight()
+        ordered = sorted(records, key=priority)
+        hashes = []
+        for record in ordered:
+            try:
+                hashes.append(_hash(record, root))
+            except Exception as exc:  # a bad sample is counted and skipped, never a crash
+                record.drop = Drop(self.name, "error", f"{type(exc).__name__}: {exc}")
+        if self.spec.reference is not None:
+            self._against_reference(hashes)
+            hashes = [h for h in hashes if h.record.drop is None]
+            if self.spec.embedding_similarity is not None:
+                self._against_reference_faces([h.record for h in hashes], root)
+                hashes = [h for h in hashes if h.record.drop is None]
+        stayed: set[str] = set()
+        self._inside(hashes, stayed)
+        if self.spec.embedding_similarity is not None:
+            self._inside_faces([h.record for h in hashes if h.record.drop is None], root, stayed)
+        self.groups = len(stayed)
+        yield from records
 
+    def _against_reference(self, hashes: list[_Hashes]) -> None:
+        from .identity.folder import reference_images
+
+        images = reference_images(self.spec.reference)
+        self.reference_count = len(images)
+        by_bytes = {}
+        for image in images:
+            by_bytes.setdefault(image["sha256"], image["id"])
+        near, ids = None, []
+        if self.spec.near_distance is not None:
+            near = NearIndex(self.spec.near_distance)
+            for image in images:
+                if image["phash"] is not None:
+                    near.add(image["phash"])
+                    ids.append(image["id"])
+        for h in hashes:
+            if h.file_sha256 in by_bytes:
+                h.record.drop = Drop(self.name, "reference_exact_duplicate",
+                                     f"same bytes as reference image {by_bytes[h.file_sha256]}")
+            elif near is not None and (hit := _nearest(near, h)) is not None:
+                dist, pos, mirrored = hit
+                h.record.drop = Drop(self.name, "reference_near_duplicate", f"perceptual hash {dist} bits from "
+                                     f"reference image {ids[pos]}" + (" (mirror image)" if mirrored else ""))
+
+    def _against_reference_faces(self, records: list[Record], root: Path) -> None:
+        from .identity.folder import ReferenceIndex
+
+        reference = ReferenceIndex(self.spec.reference)
+        vectors, positions = self.embeddings.vectors(records, root)
+        if not positions:
+            return
+        sims, rows = reference.search(vectors, 1)
+        threshold = self.spec.embedding_similarity
+        for pos, sim, row in zip(positions, sims[:, 0], rows[:, 0]):
+            if row >= 0 and sim >= threshold:
+                records[pos].drop = Drop(self.name, "reference_embedding_duplicate",
+                                         f"face similarity {sim:.4f} >= {threshold:g} to reference face "
+                                         f"{reference.ids[row]}")
+
+    def _inside(self, hashes: list[_Hashes], stayed: set[str]) -> None:
         exact: dict[str, Record] = {}
         near = NearIndex(self.spec.near_distance) if self.spec.near_distance is not None else None
         kept: list[Record] = []
-        stayed: set[str] = set()
-        for record in sorted(records, key=priority):
-            try:
-                with Image.open(root / record.image) as im:
-                    rgb = np.asarray(im.convert("RGB"))
-            except Exception as exc:  # a bad sample is counted and skipped, never a crash
-                record.drop = Drop(self.name, "error", f"{type(exc).__name__}: {exc}")
+        for h in hashes:
+            record = h.record
+            if self.spec.exact and h.pixels in exact:
+                record.drop = Drop(self.name, "exact_duplicate", f"same pixels as {exact[h.pixels].sample_id}")
+                stayed.add(exact[h.pixels].sample_id)
                 continue
-            if self.spec.exact:
-                digest = pixel_sha256(rgb)
-                if digest in exact:
-                    record.drop = Drop(self.name, "exact_duplicate", f"same pixels as {exact[digest].sample_id}")
-                    stayed.add(exact[digest].sample_id)
-                    continue
             if near is not None:
-                hashes = (phash(rgb), phash(rgb[:, ::-1]))
-                hits = [(hit[1], hit[0], mirrored) for mirrored, h in enumerate(hashes)
-                        if (hit := near.nearest(h)) is not None]
-                if hits:
-                    dist, pos, mirrored = min(hits)
+                hit = _nearest(near, h)
+                if hit is not None:
+                    dist, pos, mirrored = hit
                     record.drop = Drop(self.name, "near_duplicate", f"perceptual hash {dist} bits from "
                                        f"{kept[pos].sample_id}" + (" (mirror image)" if mirrored else ""))
                     stayed.add(kept[pos].sample_id)
                     continue
-                near.add(hashes[0])
-            if self.spec.exact:
-                exact[digest] = record
+                near.add(h.phash)
+            exact.setdefault(h.pixels, record)
             kept.append(record)
-        self.groups = len(stayed)
-        yield from records
+
+    def _inside_faces(self, records: list[Record], root: Path, stayed: set[str]) -> None:
+        """``records`` are in priority order; a face drops when a kept, earlier face is similar enough."""
+        from .embeddings import range_neighbours
+
+        vectors, positions = self.embeddings.vectors(records, root)
+        self.embedded = len(positions)
+        threshold = self.spec.embedding_similarity
+        kept: set[int] = set()
+        for i, neighbours in enumerate(range_neighbours(vectors, threshold)):
+            hits = [(-sim, j) for j, sim in neighbours.items() if j in kept]
+            if not hits:
+                kept.add(i)
+                continue
+            sim, j = min(hits)
+            record, keeper = records[positions[i]], records[positions[j]]
+            record.drop = Drop(self.name, "embedding_duplicate",
+                               f"face similarity {-sim:.4f} >= {threshold:g} to {keeper.sample_id}")
+            stayed.add(keeper.sample_id)
+
+
+def _hash(record: Record, root: Path) -> _Hashes:
+    from PIL import Image
+
+    data = (root / record.image).read_bytes()
+    with Image.open(root / record.image) as im:
+        rgb = np.asarray(im.convert("RGB"))
+    return _Hashes(record, hashlib.sha256(data).hexdigest(), pixel_sha256(rgb), phash(rgb), phash(rgb[:, ::-1]))
+
+
+def _nearest(index: NearIndex, h: _Hashes) -> tuple[int, int, bool] | None:
+    """(distance, position, mirrored) of the closest indexed hash to the image or its mirror, or None."""
+    hits = [(hit[1], hit[0], mirrored) for mirrored, value in enumerate((h.phash, h.mirror))
+            if (hit := index.nearest(value)) is not None]
+    return min(hits) if hits else None

@@ -1,7 +1,9 @@
 """The shared face module: detect faces (MTCNN), keep the confident ones, align crops by 5 landmarks.
 
 Experts, FERAnno's inputs and the curation face checks all see faces through
-this module, so a face is found and cropped the same way everywhere.
+this module, so a face is found and cropped the same way everywhere (the
+'faces' stage may find it with SCRFD instead, ``curation/scrfd.py``: same
+``Detection``, same landmark order, and later stages reuse its ``record.face``).
 Alignment is the similarity transform (rotation, uniform scale, shift) that
 best maps the 5 detected landmarks onto the standard ArcFace 112x112 template
 (Umeyama 1991), optionally zoomed out by ``margin`` to keep more of the head.

@@ -1,7 +1,8 @@
 """The 'faces' stage: one dominant face of a usable size, sharp and well exposed.
 
-MTCNN finds the faces (detections under ``min_score`` are ignored); the
-largest is the main face. It is aligned by its five landmarks to a tight
+MTCNN, or SCRFD when ``detector: scrfd`` gives its ONNX file
+(``curation/scrfd.py``), finds the faces (detections under ``min_score`` are
+ignored); the largest is the main face. It is aligned by its five landmarks to a tight
 112 px crop, on which sharpness (variance of the Laplacian of the grey crop)
 and exposure (mean grey level) are measured. The main face, its landmarks and
 the number of faces go into ``record.face`` for later stages (the labellers
@@ -42,13 +43,23 @@ class FaceQualityFilter(Filter):
     def setup(self) -> None:
         from builder.models import resolve_device
 
-        from .faces import load_detector
+        device = resolve_device(self.requested_device)
+        if self.spec.detector == "scrfd":
+            from .scrfd import SCRFDDetector
 
-        self.detector = load_detector(resolve_device(self.requested_device))
+            self.detector = SCRFDDetector(self.spec.detector_model, device, self.spec.detector_size,
+                                          self.spec.min_score)
+        else:
+            from .faces import load_detector
+
+            self.detector = load_detector(device)
 
     def meta(self) -> dict:
         s = self.spec
-        return {"detector": "mtcnn", "min_score": s.min_score, "min_size": s.min_size,
+        detector = {"detector": "mtcnn"}
+        if s.detector == "scrfd":  # set up by now: the runner reads meta after setup
+            detector = self.detector.describe()
+        return {**detector, "min_score": s.min_score, "min_size": s.min_size,
                 "max_other_face": s.max_other_face, "min_sharpness": s.min_sharpness,
                 "min_brightness": s.min_brightness, "max_brightness": s.max_brightness}
 

@@ -100,3 +100,6 @@ def stage_counts(out: Path) -> dict:
         "released": stats["released"],
         "requested": stats["requested"],
     }
+
+
+from tests.people import people, reference  # noqa: E402,F401  (shared fixtures of real face photos)

@@ -32,73 +32,12 @@ from builder.errors import ModelLoadError, UserError
 from builder.records import Record
 from builder.shards import ShardStore, run_stage_on_shard
 from curation.identity.calibrate import pick_threshold, read_pairs
-from curation.identity.folder import reference_hashes
+from curation.identity.folder import reference_images
 from curation.hashing import hamming, phash
 
-THRESHOLD = 0.95
-REFERENCE_PEOPLE = ("g1", "g3", "g5", "portrait")
-OTHER_PEOPLE = ("g2", "g4", "g6", "astronaut")
+from tests.people import OTHER_PEOPLE, THRESHOLD, augment, write_config
+
 AUGMENTATIONS = ("resize", "jpeg", "flip", "crop")
-
-
-def augment(image: Image.Image, kind: str) -> Image.Image:
-    """One near-copy of a photo."""
-    if kind == "resize":
-        return image.resize((image.width * 2 // 3, image.height * 2 // 3), Image.Resampling.BICUBIC)
-    if kind == "jpeg":
-        buf = io.BytesIO()
-        image.save(buf, "JPEG", quality=40)
-        return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
-    if kind == "flip":
-        return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    w, h = image.size
-    return image.crop((int(w * 0.06), int(h * 0.05), int(w * 0.95), int(h * 0.97)))
-
-
-@pytest.fixture(scope="module")
-def people(tmp_path_factory) -> dict[str, Image.Image]:
-    """name -> RGB photo: g1..g6 cropped from t1.jpg around MTCNN boxes (60 % margin), portrait, astronaut."""
-    import insightface
-    from skimage import data
-
-    from curation.identity.images import load_detector
-
-    images = Path(insightface.__file__).parent / "data" / "images"
-    group = Image.open(images / "t1.jpg").convert("RGB")
-    detector, policy = load_detector(0.9, 60)
-    faces = sorted(policy.keep(detector.detect(np.asarray(group))), key=lambda d: d.box[0])
-    assert len(faces) == 6
-    out = {}
-    for i, face in enumerate(faces, start=1):
-        x1, y1, x2, y2 = face.box
-        pad = 0.6 * max(x2 - x1, y2 - y1)
-        out[f"g{i}"] = group.crop((max(0, int(x1 - pad)), max(0, int(y1 - pad)), min(group.width, int(x2 + pad)),
-                                   min(group.height, int(y2 + pad))))
-    out["portrait"] = Image.open(images / "Tom_Hanks_54745.png").convert("RGB")
-    out["astronaut"] = Image.fromarray(data.astronaut())
-    return out
-
-
-def write_config(path: Path, output_dir: Path, sources: list[dict], **extra) -> Path:
-    config = {"output_dir": str(output_dir), "backend": "dlib", "sources": sources,
-              "faces": {"min_score": 0.9, "min_size": 60}, "batch_size": 2, **extra}
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
-
-
-@pytest.fixture(scope="module")
-def reference(people, tmp_path_factory) -> dict:
-    """A dlib reference index of g1, g3, g5 and the portrait, plus a grey picture and a broken file."""
-    work = tmp_path_factory.mktemp("reference")
-    folder = work / "photos"
-    (folder / "group").mkdir(parents=True)
-    for name in REFERENCE_PEOPLE:
-        people[name].save(folder / ("group" if name.startswith("g") else ".") / f"{name}.png")
-    Image.new("RGB", (96, 96), (128, 128, 128)).save(folder / "grey.png")
-    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
-    config = write_config(work / "reference.yaml", work / "index", [{"name": "celebs", "folder": str(folder)}])
-    assert main(["index-reference", str(config), "--no-progress"]) == 0
-    return {"work": work, "folder": folder, "config": config, "index": work / "index"}
 
 
 def test_index_reference_writes_index_metadata_and_skips(reference):
@@ -117,7 +56,13 @@ def test_index_reference_writes_index_metadata_and_skips(reference):
         assert int(m["phash"], 16) == phash(np.asarray(image))
     skipped = {s["item"]: s["reason"] for s in map(json.loads, (index / "skipped.jsonl").read_text().splitlines())}
     assert skipped == {"grey.png": "no_face", "broken.jpg": "unreadable_image"}
-    assert reference_hashes(index) == {m["id"]: int(m["phash"], 16) for m in meta}
+    images = {m["id"]: m for m in reference_images(index)}
+    assert {k: v["phash"] for k, v in images.items() if k in {m["id"] for m in meta}} == {
+        m["id"]: int(m["phash"], 16) for m in meta}
+    grey = images["celebs:grey.png"]  # no face, but hashed: dedupe against the reference compares whole images
+    assert grey["phash"] == phash(np.asarray(Image.open(reference["folder"] / "grey.png").convert("RGB")))
+    assert len(images) == 6 and images["celebs:broken.jpg"]["phash"] is None  # unreadable: bytes only
+    assert all(len(v["sha256"]) == 64 for v in images.values())
     vectors = np.fromfile(index / "vectors.f32", dtype="<f4").reshape(-1, 128)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
 

@@ -69,6 +69,25 @@ def test_identity_ignores_device_and_batch_size_only(demo_data):
     assert a.identity() != c.identity()
 
 
+
+def test_fields_added_later_leave_old_fingerprints_alone(demo_data):
+    """A build folder made before curation.identities, embedder, dedupe.embedding_similarity/reference and the
+    faces detector existed keeps its fingerprint; setting any of them makes another dataset."""
+    from builder.manifest import ADDED_AT_DEFAULT
+    from builder.run import fingerprint
+
+    base = Manifest.model_validate(demo_data)
+    curation = base.identity()["curation"]
+    assert "identities" not in curation and "embedder" not in curation
+    assert "reference" not in curation["dedupe"] and "detector" not in curation["faces"]
+    assert fingerprint(base) == "5ff59527f838" + fingerprint(base)[12:], "demo.yaml's fingerprint before them"
+    assert len(ADDED_AT_DEFAULT) == 7
+    changed = {"identities": {"threshold": 0.9}, "dedupe": {"embedding_similarity": 0.97},
+               "faces": {"enabled": False, "detector": "scrfd", "detector_model": "det.onnx"}}
+    for key, value in changed.items():
+        other = Manifest.model_validate({**demo_data, "curation": {**demo_data.get("curation", {}), key: value}})
+        assert fingerprint(other) != fingerprint(base), key
+
 def test_yaml_is_loaded_safely(tmp_path, capsys):
     from builder.cli import main
 

@@ -9,7 +9,8 @@ Layout of ``output_dir``::
                      the folder, or dataset row id), dataset_row, box, landmarks, score, faces
                      (how many), sha256 (image bytes), phash (16 hex digits, see
                      curation.hashing), width, height, file_size, mtime_ns
-    skipped.jsonl    one line per image not embedded: id, source, item, sha256, reason, detail
+    skipped.jsonl    one line per image not embedded: id, source, item, sha256, reason, detail (and
+                     phash when the image decoded but had no face)
     index.faiss      the FAISS index over vectors.f32 (inner product = cosine similarity)
 
 Vectors, metadata and skipped lines are appended batch by batch and
@@ -124,14 +125,18 @@ def _keep_lines(path: Path, count: int) -> None:
         os.truncate(path, end)
 
 
-def reference_hashes(root: str | Path) -> dict[str, int]:
-    """Reference id -> 64-bit perceptual hash (``curation.hashing.phash``) of every committed reference image."""
+def reference_images(root: str | Path) -> list[dict]:
+    """Every committed reference image, embedded or skipped: id, sha256 (of its bytes) and phash (the 64-bit
+    ``curation.hashing.phash`` as an int; None for skipped images, which were not hashed)."""
     folder = ReferenceFolder(root)
     info = folder.info()
     if info is None:
         raise UserError("is not a reference index (no index.json)", file=str(folder.root),
                         fix="build one with `build-dataset index-reference CONFIG` and point at its output_dir")
-    return {m["id"]: int(m["phash"], 16) for m in folder.metadata(info["count"])}
+    return ([{"id": m["id"], "sha256": m["sha256"], "phash": int(m["phash"], 16)}
+             for m in folder.metadata(info["count"])]
+            + [{"id": m["id"], "sha256": m["sha256"], "phash": int(m["phash"], 16) if m.get("phash") else None}
+               for m in folder.skipped(info["skipped"]) if m.get("sha256")])
 
 
 class ReferenceIndex:

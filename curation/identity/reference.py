@@ -257,9 +257,9 @@ def _embed_one(item: Item, embedder, detector, policy) -> tuple[np.ndarray, dict
         return _skip(item, "unreadable_image", f"{type(exc).__name__}: {exc}")
     try:
         face = find_face(detector, policy, image)
-        if face is None:
-            return _skip(item, "no_face", f"no face with score >= {policy.min_score} and side >= "
-                                          f"{policy.min_size:g} px")
+        if face is None:  # hashed all the same: dedupe against the reference compares whole images
+            return {**_skip(item, "no_face", f"no face with score >= {policy.min_score} and side >= "
+                                             f"{policy.min_size:g} px"), "phash": f"{phash(image):016x}"}
         vector = embedder.embed(image, face)
     except Exception as exc:  # a failing image is counted and skipped, never a crash
         return _skip(item, "error", f"{type(exc).__name__}: {exc}")

@@ -78,6 +78,9 @@ cases = {
  "images-top-k-zero": (images_base.replace("{folder: no/such/folder}", "{folder: x, top_k_per_class: 0}"), ["field 'images.top_k_per_class' (line 4)", "greater than 0"]),
  "images-with-au-targets": (images_base + "aus:\n  intensity:\n    happy: {AU12: 3}\n", ["field 'aus.intensity'", "is not used with an 'images' source", "existing images have no AU targets"]),
  "labelling-reserved-name": (base + "labelling:\n  experts: [{name: feranno, model: mini-xception-fer2013}]\n", ["field 'labelling.experts'", "reserved for the FERAnno labeller", "labelling.feranno"]),
+ "embedder-without-model": (base + "curation:\n  embedder: {backend: insightface}\n", ["field 'curation.embedder' (line 10)", "the insightface backend needs 'model'", "fix: set model: to the path of an ArcFace .onnx file"]),
+ "identities-without-threshold": (base + "curation:\n  identities: {max_per_identity: 3}\n", ["field 'curation.identities.threshold'", "required field is missing"]),
+ "dedupe-similarity-above-one": (base + "curation:\n  dedupe: {embedding_similarity: 1.5}\n", ["field 'curation.dedupe.embedding_similarity' (line 10)", "less than or equal to 1"]),
  "missing-counts": (sub("labels: {counts: 2}", "labels: {label_map: affectnet7}"), ["field 'labels.counts'", "required field is missing", "fix: add 'counts'", "Required when generating"]),
 }
 out = Path("tests/manifests/bad")
