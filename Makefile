@@ -28,6 +28,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check "torch==2.13.0"
 	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
+# insightface pulls opencv-python, fiftyone opencv-python-headless (same pinned version); both write cv2/
+# and the last one installed wins. Reinstall the headless build last so cv2 is always the GUI-less one.
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --force-reinstall -c constraints.txt opencv-python-headless
 	touch $(STAMP)
 
 schema: $(STAMP)

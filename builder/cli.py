@@ -3,9 +3,12 @@
 Main form::
 
     build-dataset MANIFEST [--out DIR] [--dry-run [--json]] [--no-progress]
+                  [--executor {local,ray}] [--address ADDR] [--ray-actors N]
 
 Subcommands: ``validate MANIFEST``, ``schema [--check|--write]``, ``train-au-adapter CONFIG``,
-``train-feranno CONFIG``, ``index-reference CONFIG``, ``models list``, ``models fetch NAME``.
+``train-feranno CONFIG``, ``index-reference CONFIG``, ``models list``, ``models fetch NAME``,
+``review OUT`` (the release in the FiftyOne App), ``release OUT`` (apply the review, release again),
+``push OUT --repo-id ID`` (upload the release to the Hub), ``evaluate OUT --test REAL_SET``.
 Bad input exits with code 2 and one message that names the file, the field
 and the fix; an interrupted build exits 130 and resumes on the next run.
 """
@@ -19,7 +22,8 @@ from pathlib import Path
 from . import __version__
 from .errors import UserError
 
-SUBCOMMANDS = ("validate", "schema", "train-au-adapter", "train-feranno", "index-reference", "models")
+SUBCOMMANDS = ("validate", "schema", "train-au-adapter", "train-feranno", "index-reference", "models", "release",
+               "review", "push", "evaluate")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -29,13 +33,21 @@ def _build_parser() -> argparse.ArgumentParser:
         "Other commands: 'build-dataset validate MANIFEST', 'build-dataset schema', "
         "'build-dataset train-au-adapter CONFIG', 'build-dataset train-feranno CONFIG', "
         "'build-dataset index-reference CONFIG', "
-        "'build-dataset models list|fetch NAME'.",
+        "'build-dataset models list|fetch NAME', 'build-dataset review OUT', 'build-dataset release OUT', "
+        "'build-dataset push OUT --repo-id ID', 'build-dataset evaluate OUT --test REAL_SET'.",
     )
     p.add_argument("manifest", type=Path, help="synthesis manifest (YAML)")
     p.add_argument("--out", type=Path, help="build folder (default: out/<manifest name>); rerun to resume")
     p.add_argument("--dry-run", action="store_true", help="print the plan (counts, shards, work) and load no model")
     p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="where shards run: 'local' (this process, default) or 'ray' (actors on a Ray cluster); "
+                   "a build may resume under either")
+    p.add_argument("--address", metavar="ADDR", help="with --executor ray: the cluster to join (e.g. 'auto' or "
+                   "HOST:6379; the build folder must be on storage every node sees); default: a local Ray")
+    p.add_argument("--ray-actors", type=int, metavar="N", help="with --executor ray: number of actors (default: "
+                   "one per GPU, or one per CPU without GPUs)")
     p.add_argument("--version", action="version", version=f"build-dataset {__version__}")
     return p
 
@@ -55,13 +67,38 @@ def _schema_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _cmd_push(argv: list[str]) -> int:
+    """``build-dataset push OUT --repo-id ID``: upload a finished release to a Hub dataset repo (cards/push.py)."""
+    p = argparse.ArgumentParser(prog="build-dataset push", description="Upload a released build folder (README.md, "
+                                "stats.json, data/, figures/) to a Hugging Face Hub dataset repo in one commit; "
+                                "unchanged files are skipped. Token: HF_TOKEN or `hf auth login`.")
+    p.add_argument("out", type=Path, metavar="OUT", help="released build folder (the --out of build-dataset MANIFEST)")
+    p.add_argument("--repo-id", required=True, metavar="ID", help="dataset repo OWNER/NAME; created if missing")
+    p.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its "
+                   "visibility)")
+    p.add_argument("--dry-run", action="store_true", help="print what would be added, updated, unchanged or "
+                   "deleted; change nothing")
+    p.add_argument("--revision", metavar="BRANCH", help="branch to push to (default main; created from main "
+                   "if missing)")
+    p.add_argument("--message", metavar="TEXT", help="commit message (default: 'Upload <dataset> <version> release')")
+    args = p.parse_args(argv)
+    from cards.push import format_result, push
+
+    result = push(args.out, args.repo_id, private=args.private, dry_run=args.dry_run, revision=args.revision,
+                  message=args.message, log=_log)
+    print(format_result(result, args.out))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] in CONFIG_COMMANDS:
             return _config_command(argv[1:], argv[0], *CONFIG_COMMANDS[argv[0]])
         if argv and argv[0] in SUBCOMMANDS:
-            commands = {"validate": _cmd_validate, "schema": _cmd_schema, "models": _cmd_models}
+            commands = {"validate": _cmd_validate, "schema": _cmd_schema, "models": _cmd_models,
+                        "release": _cmd_release, "review": _cmd_review, "push": _cmd_push,
+                        "evaluate": _cmd_evaluate}
             return commands[argv[0]](argv[1:])
         return _cmd_build(_build_parser().parse_args(argv))
     except UserError as exc:
@@ -81,11 +118,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
     manifest = load_manifest(args.manifest)
     out = args.out or Path("out") / manifest.name
+    executor = _executor(args)
     if args.dry_run:
         from .plan import format_plan, make_plan, plan_json
 
         plan = make_plan(manifest, out)
-        print(plan_json(plan) if args.json else format_plan(plan, manifest))
+        plan["executor"] = executor.describe() if executor else "local: shards one after another in this process"
+        print(plan_json(plan) if args.json else f"{format_plan(plan, manifest)}\nexecutor: {plan['executor']}")
         return 0
     if args.json:
         raise UserError("--json only applies to --dry-run", fix="add --dry-run, or drop --json")
@@ -93,7 +132,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     _quiet_libraries(progress=not args.no_progress)
     from .run import build
 
-    result = build(manifest, out, progress=not args.no_progress, log=_log)
+    result = build(manifest, out, executor=executor, progress=not args.no_progress, log=_log)
     stats = result.stats or {}
     released = stats.get("released", {})
     splits = ", ".join(f"{k} {v}" for k, v in released.get("splits", {}).items())
@@ -102,6 +141,89 @@ def _cmd_build(args: argparse.Namespace) -> int:
         _log(f"done: {released.get('total', 0)} images ({splits}); {dropped} dropped "
              f"(see {out / 'rejected'}); dataset {out / 'hf'}, card {out / 'README.md'}")
     return 0
+
+
+def _executor(args: argparse.Namespace):
+    """The RayExecutor the flags ask for, or None for the local one."""
+    if args.executor != "ray":
+        for flag, value in (("--address", args.address), ("--ray-actors", args.ray_actors)):
+            if value is not None:
+                raise UserError(f"{flag} only applies to --executor ray", fix=f"add --executor ray, or drop {flag}")
+        return None
+    if args.ray_actors is not None and args.ray_actors < 1:
+        raise UserError(f"--ray-actors must be at least 1 (got {args.ray_actors})", fix="give a positive number")
+    from .ray_executor import RayExecutor
+
+    return RayExecutor(address=args.address, actors=args.ray_actors, log=_log)
+
+
+def _cmd_evaluate(argv: list[str]) -> int:
+    """``build-dataset evaluate OUT --test REAL_SET``: train a classifier on the release, test it on real faces."""
+    from evaluation.cli import main as evaluate_main
+
+    return evaluate_main(argv)
+
+
+def _cmd_release(argv: list[str]) -> int:
+    """Release a finished build again with the reviewer's decisions: FiftyOne tags, or a decisions file."""
+    import json
+
+    p = argparse.ArgumentParser(prog="build-dataset release", description="Apply review decisions (the 'reject' "
+                                "and 'relabel:<class>' tags set in the FiftyOne App by `build-dataset review`, or "
+                                "a JSON file) and write the dataset, card and stats again. Shards are not touched.")
+    p.add_argument("out", type=Path, help="a finished build folder")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--decisions", type=Path, help='JSON {"decisions": {sample_id: "reject" | "relabel:<class>"}} '
+                   "instead of the FiftyOne tags")
+    g.add_argument("--no-review", action="store_true", help="drop earlier review decisions and release without")
+    p.add_argument("--name", help="FiftyOne dataset name (default: the one `build-dataset review` made)")
+    args = p.parse_args(argv)
+    _quiet_libraries(progress=False)
+    from curation.review import REVIEW_FILE, ReviewStage
+
+    from .run import load_build, release_again
+
+    manifest, _ = load_build(args.out)
+    target = args.out / REVIEW_FILE
+    if args.no_review:
+        target.unlink(missing_ok=True)
+    elif args.decisions is not None:
+        stage = ReviewStage.from_file(args.decisions, manifest.labels.names)  # validated before anything changes
+        tmp = target.with_name(f".{REVIEW_FILE}.tmp")
+        raw = {sid: ("reject" if label is None else f"relabel:{manifest.labels.names[label]}")
+               for sid, label in stage.decisions.items()}
+        tmp.write_text(json.dumps({"dataset": stage.dataset or str(args.decisions), "decisions": raw},
+                                  indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, target)
+    else:
+        from cards.review import collect_review
+
+        collect_review(args.out, name=args.name)
+    stats = release_again(args.out, log=_log)
+    review = stats["stages"].get("review", {}).get("meta")
+    _log(f"released {stats['released']['total']} images"
+         + (f"; review: {review['rejected']} rejected, {review['relabelled']} relabelled" if review else
+            "; no review decisions"))
+    return 0
+
+
+def _cmd_review(argv: list[str]) -> int:
+    """``build-dataset review OUT``: the release as a FiftyOne dataset, and the App on it until Ctrl-C."""
+    p = argparse.ArgumentParser(prog="build-dataset review", description="Put a finished release (released and "
+                                "rejected samples, labeller predictions, scores, saved views) into a persistent "
+                                "FiftyOne dataset and serve the FiftyOne App on it until Ctrl-C. Tag samples "
+                                "'reject' or 'relabel:<class>' there; `build-dataset release OUT` applies them.")
+    p.add_argument("out", type=Path, metavar="OUT", help="released build folder")
+    p.add_argument("--name", help="FiftyOne dataset name (default: fer-synth/<manifest name>-<fingerprint[:8]>)")
+    p.add_argument("--port", type=int, default=5151, help="App port (default 5151; 0: any free port)")
+    p.add_argument("--address", default="127.0.0.1", help="address the App listens on (default 127.0.0.1; "
+                   "0.0.0.0 serves other machines)")
+    p.add_argument("--no-launch", action="store_true", help="create or update the dataset and exit")
+    args = p.parse_args(argv)
+    from cards.review_app import run_review
+
+    return run_review(args.out, name=args.name, address=args.address, port=args.port, launch=not args.no_launch,
+                      log=_log)
 
 
 def _cmd_validate(argv: list[str]) -> int:

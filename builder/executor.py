@@ -1,9 +1,11 @@
 """Executors map shard ids to ``ShardTask`` calls; the local one runs them in this process.
 
-A distributed executor (Ray) needs only what is here: ``ShardTask`` pickles to
-(manifest, build folder), builds its stages once per worker process, and each
-call is idempotent (a finished (stage, shard) is skipped, a racing duplicate is
-discarded at commit).
+A distributed executor (``builder.ray_executor``) needs only what is here:
+``ShardTask`` pickles to (manifest, build folder, span of stages), builds its
+stages once per worker process, and each call is idempotent (a finished (stage,
+shard) is skipped, a racing duplicate is discarded at commit). ``part`` cuts the
+stage list, so model stages and the CPU stages after them can run on different
+workers.
 """
 from __future__ import annotations
 
@@ -19,36 +21,45 @@ from .stage import Stage
 
 
 class ShardTask:
-    """Run every unfinished stage of one shard."""
+    """Run every unfinished stage of one shard (or of the stages ``span`` = (start, stop) selects)."""
 
-    def __init__(self, manifest: Manifest, root: Path):
+    def __init__(self, manifest: Manifest, root: Path, span: tuple[int, int] | None = None):
         self.manifest = manifest
         self.root = Path(root)
         self.stage_names = stage_names(manifest)
+        self.span = tuple(span) if span is not None else (0, len(self.stage_names))
         self._stages: list[Stage] | None = None
         self._ready: set[str] = set()
 
     def __getstate__(self) -> dict:
-        return {"manifest": self.manifest, "root": self.root, "stage_names": self.stage_names}
+        return {"manifest": self.manifest, "root": self.root, "stage_names": self.stage_names, "span": self.span}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, _stages=None, _ready=set())
 
     def stages(self) -> list[Stage]:
+        """Every shard stage of the manifest (not only the span); construction is cheap, models load in setup."""
         if self._stages is None:
             self._stages = shard_stages(self.manifest)
         return self._stages
 
+    def part(self, start: int, stop: int) -> ShardTask:
+        """The same task restricted to stages ``start:stop``; the stage before ``start`` must be done first."""
+        return ShardTask(self.manifest, self.root, (start, stop))
+
     def pending(self, shard: int) -> bool:
         store = ShardStore(self.root)
-        return not all(store.is_done(name, shard) for name in self.stage_names)
+        return not all(store.is_done(name, shard) for name in self.stage_names[self.span[0]:self.span[1]])
 
     def __call__(self, shard: int) -> int:
         """Process ``shard``; return the number of records that came out of its last stage."""
         store = ShardStore(self.root)
+        start, stop = self.span
         records = None
-        previous = None
-        for stage in self.stages():
+        previous = self.stage_names[start - 1] if start else None
+        if previous is not None and not store.is_done(previous, shard):
+            raise RuntimeError(f"shard {shard}: stage {previous!r} must be finished before {self.stage_names[start]!r}")
+        for stage in self.stages()[start:stop]:
             if store.is_done(stage.name, shard):
                 records, previous = None, stage.name
                 continue

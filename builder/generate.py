@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from .errors import UserError
 from .manifest import Generator
 from .records import Drop, Record
-from .stage import Resources, ShardContext, Stage
+from .stage import Resources, ShardContext, Stage, device_resources
 
 
 def to_uint8(image):
@@ -29,7 +29,9 @@ class GenerateStage(Stage):
     """
 
     name = "generate"
-    resources = Resources(cpus=1, gpus=1)
+    @property
+    def resources(self) -> Resources:
+        return device_resources(self.spec.device)
 
     def __init__(self, spec: Generator, au_names: tuple[str, ...] = (), label_names: tuple[str, ...] = (),
                  seed: int = 0):

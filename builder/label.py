@@ -17,14 +17,16 @@ import numpy as np
 
 from .calibrate import Opinion, decide
 from .records import Drop, Record
-from .stage import Resources, ShardContext, Stage
+from .stage import Resources, ShardContext, Stage, device_resources
 
 
 class LabelStage(Stage):
     """Expert labelling with face detection in front (see the module docstring)."""
 
     name = "label"
-    resources = Resources(cpus=1.0, gpus=0.0)
+    @property
+    def resources(self) -> Resources:
+        return device_resources(self.requested_device)
 
     def __init__(self, spec, label_names, device: str = "cpu", guide_is_only_labeller: bool = False):
         self.spec = spec

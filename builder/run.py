@@ -44,7 +44,7 @@ def build(manifest: Manifest, out: Path, executor=None, progress: bool = True, l
 
     out = Path(out)
     _prepare_folder(out)
-    with _lock(out):
+    with lock_build_folder(out):
         fp = _claim(out, manifest)
         store = ShardStore(out)
         if store.clean_staging():
@@ -80,7 +80,8 @@ def _prepare_folder(out: Path) -> None:
 
 
 @contextmanager
-def _lock(out: Path):
+def lock_build_folder(out: Path):
+    """Hold the build folder's lock (builds, releases and evaluations take it); another holder is an error."""
     fh = open(out / ".lock", "a+")
     try:
         try:
@@ -126,3 +127,42 @@ def _diff(a, b, prefix: str = "") -> list[str]:
             out.append(f"order of the keys in {prefix or 'the manifest'}")
         return out
     return [] if a == b else [prefix or "(top level)"]
+
+
+def load_build(out: Path) -> tuple[Manifest, str]:
+    """The manifest a build folder was made from (rebuilt from ``build.json``) and its fingerprint."""
+    from .manifest import Manifest as _Manifest
+
+    path = Path(out) / BUILD_FILE
+    if not path.is_file():
+        raise OutputDirError(f"'{out}' holds no build (no {BUILD_FILE})",
+                             fix="give the --out folder of a build made with `build-dataset MANIFEST --out OUT`")
+    recorded = json.loads(path.read_text())
+    data = json.loads(json.dumps(recorded["manifest"]))
+    if data.get("images"):
+        data["images"].pop("listing_sha256", None)
+    try:
+        manifest = _Manifest.model_validate(data)
+    except Exception as exc:
+        raise OutputDirError(f"the manifest recorded in {path} does not load with this version of build-dataset "
+                             f"({type(exc).__name__})", fix="release it with the version that built it "
+                             f"({recorded.get('tool_version', '?')}), or rebuild") from None
+    if fingerprint(manifest) != recorded["fingerprint"]:
+        raise OutputDirError(f"the inputs of '{out}' changed since it was built (the images source's folder or "
+                             "dataset is not what it listed)", fix="restore the source, or rebuild into a new --out")
+    return manifest, recorded["fingerprint"]
+
+
+def release_again(out: Path, log=print) -> dict:
+    """Release a finished build again (e.g. after a review), without touching its shards."""
+    from cards.release import release
+
+    out = Path(out)
+    manifest, fp = load_build(out)
+    with lock_build_folder(out):
+        task = ShardTask(manifest, out)
+        pending = [s for s in range(manifest.num_shards()) if task.pending(s)]
+        if pending:
+            raise OutputDirError(f"'{out}' is not finished: {len(pending)} of {manifest.num_shards()} shards to do",
+                                 fix="finish it first with `build-dataset MANIFEST --out OUT` (it resumes)")
+        return release(manifest, out, task.stage_names, fp, log=log)

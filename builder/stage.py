@@ -19,10 +19,19 @@ from .records import Drop, Record
 
 @dataclass(frozen=True)
 class Resources:
-    """What one instance of a stage needs (read by distributed executors)."""
+    """What one instance of a stage needs (read by distributed executors).
+
+    ``gpus`` is what the stage uses when the executor has GPUs to give: a stage
+    on device 'auto' asks for one and runs on the CPU where there is none.
+    """
 
     cpus: float = 1.0
     gpus: float = 0.0
+
+
+def device_resources(requested: str) -> Resources:
+    """What a model stage needs, from its manifest device: a GPU unless pinned to 'cpu' or 'mps'."""
+    return Resources(cpus=1.0, gpus=0.0 if requested in ("cpu", "mps") else 1.0)
 
 
 @dataclass
@@ -53,7 +62,7 @@ class Stage(ABC):
     """Base class of every stage: ``setup`` once, ``process`` per shard."""
 
     name: ClassVar[str]
-    resources: ClassVar[Resources] = Resources()
+    resources: Resources = Resources()  # a class attribute, or a property when it depends on the settings
 
     def setup(self) -> None:
         """Load models and other heavy state; called once, before the first shard."""

@@ -7,7 +7,8 @@ from __future__ import annotations
 from builder.manifest import BUILTIN_TINY_MODEL, Manifest
 
 SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
-                   (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M")]
+                   (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (10**9, "100M<n<1B"),
+                   (10**10, "1B<n<10B"), (10**11, "10B<n<100B"), (10**12, "100B<n<1T")]
 
 
 def size_category(n: int) -> str:
@@ -60,6 +61,12 @@ def _labels_section(lab: dict | None, collected: bool = False, detector: str = "
              "", "Dispositions: " + ", ".join(f"{k} {v}" for k, v in lab["dispositions"].items())
              + (f"; mean confidence of released images {lab['mean_confidence_released']:.3f}."
                 if lab.get("mean_confidence_released") is not None else ".")]
+    agree = lab.get("agreement_released")
+    if agree:
+        lines += ["", f"Agreement on the released images: mean {agree['mean']:.3f}, all labellers agree on "
+                      f"{agree['unanimous']:.1%}; share of images whose label is each labeller's top class: "
+                      + ", ".join(f"{k} {v:.1%}" for k, v in agree["labeller_matches_label"].items() if v is not None)
+                      + "."]
     for e in lab["experts"]:
         if "feranno" in e:
             f = e["feranno"]
@@ -134,6 +141,8 @@ def _leak_lines(leak: dict) -> list[str]:
              f"cosine similarity of {leak['threshold']:.3f} or more to any of them ({how}) were dropped as "
              f"`identity_leak`: {leak['at_or_above_threshold']} of {leak['count']}. Highest similarity: "
              f"{leak['max']}.", "", _table(["nearest-reference similarity", "faces"], rows)]
+    if leak.get("figure"):
+        lines += ["", f"![Nearest-reference similarity of every face]({leak['figure']})"]
     if leak["closest"]:
         lines += ["", "Closest pairs:", "", _table(
             ["sample", "reference", "similarity", "dropped"],
@@ -189,13 +198,56 @@ def _identities_lines(m: dict) -> list[str]:
     return lines
 
 
+COLUMN_NOTES = {
+    "face_box": "main face box x1, y1, x2, y2 in pixels", "face_landmarks": "its 5 landmarks (x, y)",
+    "face_score": "detector score", "sharpness": "Laplacian variance of the aligned face",
+    "brightness": "mean grey of the aligned face", "leak_similarity": "cosine similarity to the nearest real "
+    "reference face", "nearest_reference": "that face's id", "identity": "the sample id that founded its identity",
+}
+
+
+def hub_configs(files: dict[str, list[str]]) -> list[dict]:
+    """The card's ``configs``: the default config's splits and, when anything was dropped, 'rejected'."""
+    from .export import REJECTED
+
+    configs = [{"config_name": "default", "default": True,
+                "data_files": [{"split": split, "path": f"data/{split}-*"} for split in files if split != REJECTED]}]
+    if REJECTED in files:
+        configs.append({"config_name": REJECTED,
+                        "data_files": [{"split": REJECTED, "path": f"data/{REJECTED}-*"}]})
+    return configs
+
+
+def _figure(stats: dict, name: str, caption: str) -> list[str]:
+    path = stats.get("figures", {}).get(name)
+    return ["", f"![{caption}]({path})"] if path else []
+
+
+def _files_lines(files: dict[str, list[str]]) -> list[str]:
+    from .export import REJECTED
+
+    lines = ["Files: " + "; ".join(f"`{name}` {len(paths)} parquet shard{'s' if len(paths) != 1 else ''}"
+                                   for name, paths in files.items()) + ". Load with `datasets.load_dataset(REPO)`."]
+    if REJECTED in files:
+        lines[0] += (" Every dropped sample, with the stage, reason and detail that dropped it (and its image where "
+                     "one was made), is in the `rejected` config: `load_dataset(REPO, \"rejected\")`.")
+    return lines
+
+
+def _review_line(r: dict) -> str:
+    return (f"A reviewer looked at the samples in FiftyOne (dataset `{r['dataset']}`) and tagged {r['decisions']}: "
+            f"{r['rejected']} rejected (`reviewer_reject`), {r['relabelled']} relabelled (disposition "
+            f"`reviewer_relabelled`, `target_label` kept)" + (f"; {r['not_released']} tags were on samples a stage "
+                                                            "had already dropped" if r["not_released"] else "") + ".")
+
+
 def _detector(manifest: Manifest) -> str:
     """The detector whose faces the labellers saw: the faces stage's when it ran (they reuse its face)."""
     faces = manifest.curation.faces
     return "SCRFD" if faces.enabled and faces.detector == "scrfd" else "MTCNN"
 
 
-def render_card(manifest: Manifest, stats: dict, provenance: dict | None):
+def render_card(manifest: Manifest, stats: dict, provenance: dict | None, root=None):
     """A ``huggingface_hub.DatasetCard`` for the build (``provenance`` is None for an images source)."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
@@ -210,6 +262,7 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict | None):
         **({} if collected else {"language_creators": ["machine-generated"], "source_datasets": ["original"]}),
         size_categories=[size_category(released["total"])],
         tags=["facial-expression-recognition", "fer"] + (["pseudo-labels"] if collected else ["synthetic-data"]),
+        **({"configs": hub_configs(stats["files"])} if stats.get("files") else {}),
     )
     names = list(manifest.labels.names)
     split_names = list(released["splits"])
@@ -236,6 +289,19 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict | None):
         [[n, i, *(released["class_by_split"][s].get(n, 0) for s in split_names), released["classes"].get(n, 0)]
          for i, n in enumerate(names)],
     )]
+    parts += _figure(stats, "samples", "Samples per class (lowest sample index first; the count in brackets)")
+    parts += _figure(stats, "classes", "Released images per class and split")
+    for axis, table in released.get("by_attribute", {}).items():
+        values = sorted({v for counts in table.values() for v in counts})
+        parts += ["", f"Images per class and `{axis}` (released):", "", _table(
+            ["class", *values], [[n, *(table[n].get(v, 0) for v in values)] for n in names if n in table])]
+    if stats.get("files"):
+        parts += ["", *_files_lines(stats["files"])]
+    from .dataset import curation_features
+
+    extra = list(curation_features(manifest))
+    if extra:
+        parts += ["", "Curation columns: " + ", ".join(f"`{c}` ({COLUMN_NOTES[c]})" for c in extra) + "."]
     if collected:
         parts += ["", "Columns: `image`, `label` (ClassLabel: the labellers' class), `sample_id`, `source_file` (the "
                       "image's path in the source folder, or its row in the source dataset), and the labelling "
@@ -252,6 +318,7 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict | None):
         [[name, s["in"], s["kept"], ", ".join(f"{r}: {c}" for r, c in s["dropped"].items()) or "none"]
          for name, s in stats["stages"].items()],
     )]
+    parts += _figure(stats, "funnel", "Samples into each stage, kept and dropped")
     parts += ["", "## Labels", "", *_labels_section(stats.get("labelling"), collected, _detector(manifest))]
     dedupe = stats["stages"].get("dedupe", {}).get("meta")
     if dedupe and _dedupe_lines(dedupe):
@@ -262,6 +329,9 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict | None):
     balance = stats["stages"].get("balance", {}).get("meta")
     if balance:
         parts += ["", "## Balance", "", _balance_section(balance, names)]
+    review = stats["stages"].get("review", {}).get("meta")
+    if review:
+        parts += ["", "## Human review", "", _review_line(review)]
     if collected:
         parts += ["", "## Intended use and limitations", "",
                   "Research on facial expression recognition. Every label is a machine prediction (a pseudo-label), "
@@ -275,4 +345,10 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict | None):
                   "attributes describe the prompt, not a verified property of the image. Synthetic images can carry "
                   "the biases of the generator and its training data."]
         parts += ["", "## Privacy", "", *_privacy_lines(stats.get("identity_leak"))]
+    if root is not None:  # results of `build-dataset evaluate` live in the build folder (eval/), not in stats
+        from evaluation import evaluation_section
+
+        section = evaluation_section(root)
+        if section:
+            parts += ["", *section]
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(parts) + "\n")

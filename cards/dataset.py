@@ -50,8 +50,7 @@ def features(manifest: Manifest):
         })
         cols.update({f"probs_{name}": List(Value("float32"), length=len(manifest.labels.names))
                      for name in manifest.labelling.labeller_names})
-    if manifest.curation.identities is not None:
-        cols["identity"] = Value("string")
+    cols.update(curation_features(manifest))
     if manifest.images is None:
         cols.update({
             "generator_model": Value("string"),
@@ -70,11 +69,35 @@ def labelling_columns(record: Record, names) -> dict:
             **{f"probs_{name}": probs for name, probs in lab["experts"].items()}}
 
 
-def row(record: Record, root: Path, provenance: dict | None, names, identities: bool = False) -> dict:
+def curation_features(manifest: Manifest) -> dict:
+    """Columns of the curation stages that ran: face measurements, the leak gate's verdict, the identity."""
+    from datasets import List, Value
+
+    curation, cols = manifest.curation, {}
+    if curation.faces.enabled:
+        cols.update({"face_box": List(Value("float32"), length=4),
+                     "face_landmarks": List(List(Value("float32"), length=2), length=5),
+                     "face_score": Value("float32"), "sharpness": Value("float32"), "brightness": Value("float32")})
+    if curation.identity_leak is not None:
+        cols.update({"leak_similarity": Value("float32"), "nearest_reference": Value("string")})
+    if curation.identities is not None:
+        cols["identity"] = Value("string")
+    return cols
+
+
+def curation_values(record: Record, columns) -> dict:
+    face = record.face or {}
+    values = {"face_box": face.get("box"), "face_landmarks": face.get("landmarks"),
+              "face_score": face.get("score"), "sharpness": record.scores.get("sharpness"),
+              "brightness": record.scores.get("brightness"), "leak_similarity": record.scores.get("leak_similarity"),
+              "nearest_reference": (face.get("nearest_reference") or {}).get("id"), "identity": face.get("identity")}
+    return {key: values[key] for key in columns}
+
+
+def row(record: Record, root: Path, provenance: dict | None, names, curation_columns=()) -> dict:
     image = {"bytes": (root / record.image).read_bytes(), "path": Path(record.image).name}
     labelling = labelling_columns(record, names) if record.labelling else {}
-    if identities:
-        labelling["identity"] = (record.face or {}).get("identity")
+    labelling.update(curation_values(record, curation_columns))
     if provenance is None:  # an images source
         return {"image": image, "label": record.label, "sample_id": record.sample_id, "source_file": record.source,
                 **labelling}
@@ -100,6 +123,7 @@ def build_dataset_dict(splits: dict[str, list[Record]], manifest: Manifest, prov
     from datasets import Dataset, DatasetDict, NamedSplit
 
     feats = features(manifest)
+    curation = list(curation_features(manifest))
     out = {}
     for name, records in splits.items():
         if not records:
@@ -110,7 +134,7 @@ def build_dataset_dict(splits: dict[str, list[Record]], manifest: Manifest, prov
 
         def gen(records=records):
             for rec in records:
-                yield row(rec, root, provenance, manifest.labels.names, manifest.curation.identities is not None)
+                yield row(rec, root, provenance, manifest.labels.names, curation)
 
         ds = Dataset.from_generator(
             gen, features=feats, cache_dir=str(cache_dir), split=NamedSplit(name), fingerprint=fingerprint

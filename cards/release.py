@@ -16,15 +16,17 @@ from builder import __version__
 from builder.errors import OutputDirError
 from builder.manifest import Manifest
 from builder.pipeline import global_stages
-from builder.records import Record, write_jsonl
+from builder.records import Record, read_jsonl, write_jsonl
 from builder.shards import ShardStore
 
 from .card import render_card
 from .dataset import build_dataset_dict
+from .export import REJECTED, rejected_dataset, write_parquet, write_records
+from .figures import render_figures
 from .splits import assign_splits
 
 MARKER = ".release.json"
-OUTPUTS = ("hf", "rejected", "README.md", "stats.json")
+OUTPUTS = ("hf", "data", "records", "figures", "rejected", "README.md", "stats.json")
 
 
 def is_released(root: Path, fingerprint: str) -> bool:
@@ -60,7 +62,25 @@ def labelling_stats(store: ShardStore, stages: list[str], shards: range, labelle
     dispositions = Counter(r.labelling["disposition"] for r in judged)
     confidences = [r.labelling["confidence"] for r in released if r.labelling]
     return {**meta, "dispositions": dict(sorted(dispositions.items())),
-            "mean_confidence_released": round(sum(confidences) / len(confidences), 4) if confidences else None}
+            "mean_confidence_released": round(sum(confidences) / len(confidences), 4) if confidences else None,
+            "agreement_released": agreement_stats([r for r in released if r.labelling])}
+
+
+def agreement_stats(records: list[Record]) -> dict | None:
+    """How much the labellers agree on the released images: mean agreement, the share where all agree, and
+    per labeller the share whose top class is the released label."""
+    if not records:
+        return None
+    agreement = [r.labelling["agreement"] for r in records]
+    experts = sorted({name for r in records for name in r.labelling["experts"]})
+    per_expert = {}
+    for name in experts:
+        votes = [max(range(len(p)), key=p.__getitem__) == r.label
+                 for r in records if (p := r.labelling["experts"].get(name))]
+        per_expert[name] = round(sum(votes) / len(votes), 4) if votes else None
+    return {"mean": round(sum(agreement) / len(agreement), 4),
+            "unanimous": round(sum(a >= 1.0 for a in agreement) / len(agreement), 4),
+            "labeller_matches_label": per_expert}
 
 
 def identity_leak_stats(store: ShardStore, stages: list[str], shards: range, closest: int) -> dict | None:
@@ -108,20 +128,26 @@ def release(manifest: Manifest, root: Path, stages: list[str], fingerprint: str,
     for stage in stages:
         write_jsonl(staging / "rejected" / f"{stage}.jsonl", (r for s in shards for r in store.rejected(stage, s)))
     labelled, global_totals = kept, {}
-    for stage in global_stages(manifest):
+    names = manifest.labels.names
+    for stage in [*global_stages(manifest), *review_stages(root, names)]:
         kept, global_totals[stage.name] = run_global_stage(stage, kept, root, staging / "rejected" / f"{stage.name}.jsonl")
-    splits = assign_splits(kept, manifest.output.splits, manifest.seed)
+    split_axes = tuple(manifest.prompts.all_axes) if generating else ()
+    splits = assign_splits(kept, manifest.output.splits, manifest.seed, split_axes)
 
     empty = [name for name, recs in splits.items() if not recs]
     if empty:
         log(f"warning: split(s) {', '.join(empty)} received no sample and are left out of hf/")
     log(f"writing the dataset ({len(kept)} images)")
+    write_records(splits, staging / "records")
     dataset = build_dataset_dict(splits, manifest, provenance, root, staging / "arrow-cache")
     dataset.save_to_disk(str(staging / "hf"))
+    parquet = {split: write_parquet(ds, staging / "data", split) for split, ds in dataset.items()}
     del dataset
+    dropped = [r for path in sorted((staging / "rejected").glob("*.jsonl")) for r in read_jsonl(path)]
+    if dropped:
+        parquet[REJECTED] = write_parquet(rejected_dataset(dropped, root, names, staging / "arrow-cache"),
+                                          staging / "data", REJECTED)
     shutil.rmtree(staging / "arrow-cache", ignore_errors=True)
-
-    names = manifest.labels.names
     stats = {
         "dataset": manifest.name,
         "version": manifest.version,
@@ -151,10 +177,15 @@ def release(manifest: Manifest, root: Path, stages: list[str], fingerprint: str,
         "identity_leak": identity_leak_stats(store, stages, shards, manifest.curation.identity_leak.closest
                                              if manifest.curation.identity_leak else 0),
     }
+    stats["released"]["by_attribute"] = attribute_counts(kept, names, split_axes)
+    stats["files"] = {config: [p.relative_to(staging).as_posix() for p in paths] for config, paths in parquet.items()}
+    stats["figures"] = render_figures(stats, splits, names, root, staging / "figures")
+    if stats["identity_leak"] is not None:
+        stats["identity_leak"]["figure"] = stats["figures"].get("leak_similarity")
     stats["stages"]["release"] = {"in": len(kept), "kept": len(kept), "dropped": {},
                                   "seconds": round(time.perf_counter() - started, 3)}
     (staging / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    render_card(manifest, stats, provenance).save(staging / "README.md")
+    render_card(manifest, stats, provenance, root).save(staging / "README.md")
 
     for name in OUTPUTS:
         target = root / name
@@ -166,6 +197,25 @@ def release(manifest: Manifest, root: Path, stages: list[str], fingerprint: str,
     shutil.rmtree(staging)
     (root / MARKER).write_text(json.dumps({"fingerprint": fingerprint, "shards": len(shards)}) + "\n")
     return stats
+
+
+def attribute_counts(records: list[Record], names, axes) -> dict:
+    """axis -> class -> value -> count over the released records (classes with no image left out)."""
+    out = {}
+    for axis in axes:
+        table: dict[str, Counter] = {}
+        for r in records:
+            table.setdefault(names[r.label], Counter())[r.attributes.get(axis, "")] += 1
+        out[axis] = {n: dict(sorted(table[n].items())) for n in names if n in table}
+    return out
+
+
+def review_stages(root: Path, names) -> list:
+    """The reviewer's decisions (``review.json``, written by ``build-dataset release``) as the last global stage."""
+    from curation.review import REVIEW_FILE, ReviewStage
+
+    path = root / REVIEW_FILE
+    return [ReviewStage.from_file(path, names)] if path.is_file() else []
 
 
 def run_global_stage(stage, records: list[Record], root: Path, rejected_path: Path) -> tuple[list[Record], dict]:

@@ -1,4 +1,4 @@
-"""Deterministic splits, stratified by class."""
+"""Deterministic splits, stratified by class and, within a class, by demographic cell."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -38,12 +38,16 @@ def class_split_counts(class_sizes: dict[int, int], fractions: dict[str, float])
     return counts
 
 
-def assign_splits(records: list[Record], fractions: dict[str, float], seed: int) -> dict[str, list[Record]]:
+def assign_splits(records: list[Record], fractions: dict[str, float], seed: int,
+                  by: tuple[str, ...] | list[str] = ()) -> dict[str, list[Record]]:
     """Split name -> records (sorted by index); each class divided by ``fractions``.
 
     Within a class, records are ordered by a key drawn from (seed, index), so a
     sample's split depends on which samples were kept, not on shard size,
-    worker count or processing order.
+    worker count or processing order. With ``by`` (attribute names), each
+    class's records are first spread evenly by cell (class x values of ``by``):
+    a record at rank r of n in its cell sits at (r + 0.5) / n, so every split,
+    a contiguous run of that order, gets each cell in proportion.
     """
     by_class: dict[int, list[Record]] = defaultdict(list)
     for rec in records:
@@ -51,9 +55,25 @@ def assign_splits(records: list[Record], fractions: dict[str, float], seed: int)
     sizes = class_split_counts({c: len(m) for c, m in by_class.items()}, fractions)
     out: dict[str, list[Record]] = {name: [] for name in fractions}
     for label in sorted(by_class):
-        members = sorted(by_class[label], key=lambda r: (derive_seed(seed, r.index, "split"), r.index))
+        members = _stratified_order(by_class[label], seed, tuple(by))
         start = 0
         for name, count in sizes[label].items():
             out[name].extend(members[start : start + count])
             start += count
     return {name: sorted(recs, key=lambda r: r.index) for name, recs in out.items()}
+
+
+def _stratified_order(members: list[Record], seed: int, by: tuple[str, ...]) -> list[Record]:
+    def key(r: Record):
+        return derive_seed(seed, r.index, "split"), r.index
+
+    if not by:
+        return sorted(members, key=key)
+    cells: dict[tuple, list[Record]] = defaultdict(list)
+    for r in members:
+        cells[tuple(r.attributes.get(a, "") for a in by)].append(r)
+    placed = []
+    for cell in sorted(cells):
+        ranked = sorted(cells[cell], key=key)
+        placed += [((rank + 0.5) / len(ranked), key(r), r) for rank, r in enumerate(ranked)]
+    return [r for *_, r in sorted(placed, key=lambda p: (p[0], p[1]))]

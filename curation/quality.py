@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from builder.records import Record
-from builder.stage import Filter, ShardContext
+from builder.stage import Filter, Resources, ShardContext, device_resources
 
 CROP = 112
 
@@ -39,6 +39,10 @@ class FaceQualityFilter(Filter):
         self.spec = spec
         self.requested_device = device
         self.detector = None
+
+    @property
+    def resources(self) -> Resources:
+        return device_resources(self.requested_device)
 
     def setup(self) -> None:
         from builder.models import resolve_device

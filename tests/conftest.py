@@ -25,7 +25,16 @@ os.environ.update(
     TRANSFORMERS_VERBOSITY="error",
     DIFFUSERS_VERBOSITY="error",
     TOKENIZERS_PARALLELISM="false",
+    # FiftyOne: a database and config of this test session only (cards.review_app starts mongod there)
+    FIFTYONE_DATABASE_DIR=str(_HOME / "fiftyone" / "db"),
+    FIFTYONE_CONFIG_PATH=str(_HOME / "fiftyone" / "config.json"),
+    FIFTYONE_APP_CONFIG_PATH=str(_HOME / "fiftyone" / "app_config.json"),
+    FIFTYONE_DO_NOT_TRACK="true",
+    FIFTYONE_DATABASE_VALIDATION="false",
+    FIFTYONE_SHOW_PROGRESS_BARS="false",
 )
+for _name in ("FIFTYONE_DATABASE_URI", "FIFTYONE_PRIVATE_DATABASE_PORT", "FIFTYONE_DATABASE_NAME"):
+    os.environ.pop(_name, None)  # never the user's database
 
 
 def pytest_sessionfinish(session, exitstatus):

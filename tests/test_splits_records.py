@@ -47,6 +47,26 @@ def test_assign_splits_is_deterministic_and_stratified():
     assert [r.sample_id for r in c["test"]] != [r.sample_id for r in a["test"]]
 
 
+
+def test_splits_are_stratified_by_demographic_cell_within_each_class():
+    """Cells of very different sizes (60 / 30 / 10 per class): each split gets every cell in proportion; without
+    ``by`` a random draw can leave the small cell out of the test split."""
+    ages = ["young"] * 60 + ["middle"] * 30 + ["old"] * 10
+    records = [Record(sample_id=f"s-{i}", index=i, label=i % 2, label_name=str(i % 2), au=[],
+                      attributes={"age": ages[(i // 2) % 100]}, prompt="", negative_prompt="", seed=i)
+               for i in range(200)]
+    fractions = {"train": 0.8, "validation": 0.1, "test": 0.1}
+    out = assign_splits(records, fractions, seed=3, by=["age"])
+    for split, frac in fractions.items():
+        assert Counter(r.label for r in out[split]) == {0: 100 * frac, 1: 100 * frac}  # class margins exact
+        for label in (0, 1):
+            cells = Counter(r.attributes["age"] for r in out[split] if r.label == label)
+            for age, n in (("young", 60), ("middle", 30), ("old", 10)):
+                assert abs(cells[age] - n * frac) <= 1, (split, label, age, cells)
+    again = assign_splits(list(reversed(records)), fractions, seed=3, by=["age"])
+    assert {k: [r.sample_id for r in v] for k, v in out.items()} == {k: [r.sample_id for r in v]
+                                                                    for k, v in again.items()}
+
 def test_record_jsonl_round_trip(tmp_path):
     kept = rec(1, 2)
     kept.scores["pixel_std"] = 12.5

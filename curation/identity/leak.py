@@ -19,7 +19,7 @@ import numpy as np
 
 from builder.errors import UserError
 from builder.records import Drop, Record
-from builder.stage import Resources, ShardContext, Stage
+from builder.stage import Resources, ShardContext, Stage, device_resources
 
 DEFAULT_FMR = 1e-3
 """Target false-match rate when pairs are given without ``false_match_rate``."""
@@ -34,7 +34,9 @@ class IdentityLeakStage(Stage):
     """
 
     name = "identity_leak"
-    resources = Resources(cpus=1.0, gpus=0.0)
+    @property
+    def resources(self) -> Resources:
+        return device_resources(self.requested_device)
 
     def __init__(self, spec, device: str = "cpu"):
         self.spec = spec

@@ -1,0 +1,28 @@
+"""``build-dataset evaluate``: does the dataset teach a real classifier?
+
+Trains an expression classifier on a released build (synthetic images only, or
+mixed with a real training set), tests it on a real labelled set, and writes
+the numbers, the per-sample predictions, a confusion-matrix figure and a data
+card section into ``OUT/eval/``. Modules, in the order the command uses them:
+
+- ``cli``: the arguments and the run (``main(argv)``);
+- ``sources``: the build's training split, real labelled sets (a saved
+  ``datasets`` dataset or an image folder);
+- ``labels``: label maps aligned by canonical emotion name, coverage of both sides;
+- ``faces``: face crops aligned like the curation stages (MTCNN, 5 landmarks), cached;
+- ``guard``: refuses an evaluator that guided or labelled the build;
+- ``backbones`` (+ ``ir50``): transformers backbones by Hub id or folder, IR-50 in torch;
+- ``train``: seeded fine-tuning or linear probing, the real/synthetic mix per epoch;
+- ``metrics``: accuracy, macro accuracy, per-class F1, confusion (also from saved predictions);
+- ``report``: result JSON, predictions, figure, card fragments and ``evaluation_section``.
+
+Importing this package (and ``evaluation.report``) loads no torch.
+"""
+from __future__ import annotations
+
+
+def evaluation_section(out) -> list[str]:
+    """Markdown lines for the data card summarising every ``OUT/eval/*.json`` ([] when there is none)."""
+    from .report import evaluation_section as section
+
+    return section(out)

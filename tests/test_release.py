@@ -1,0 +1,154 @@
+"""The release for people and the Hub: parquet configs (default and rejected), figures, a card whose metadata
+passes the Hub's rules and whose numbers are the run's stats, byte-identical re-releases, and review decisions."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+from huggingface_hub import DatasetCard
+
+from builder.cli import main
+from builder.records import Record
+from cards.hub_metadata import validate_card_text, validate_metadata
+
+
+@pytest.fixture(scope="module")
+def release_out(tmp_path_factory, demo_data):
+    """The demo with balance at 3 per class, so the release has rejects (over_target) to audit."""
+    import yaml
+
+    from tests.conftest import deep_update
+
+    work = tmp_path_factory.mktemp("release")
+    path = work / "manifest.yaml"
+    path.write_text(yaml.safe_dump(deep_update(demo_data, {"curation": {"balance": {"per_class": 3}}}),
+                                   sort_keys=False))
+    out = work / "out"
+    assert main([str(path), "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def stats_of(out: Path) -> dict:
+    return json.loads((out / "stats.json").read_text())
+
+
+def test_release_loads_from_its_card_with_a_rejected_config(release_out):
+    stats = stats_of(release_out)
+    default = datasets.load_dataset(str(release_out))
+    assert {split: len(ds) for split, ds in default.items()} == {
+        split: n for split, n in stats["released"]["splits"].items() if n}
+    assert default["train"].features["label"].names == ["neutral", "happy", "sad", "surprise", "fear", "disgust",
+                                                        "anger"]
+    rejected = datasets.load_dataset(str(release_out), "rejected")["rejected"]
+    dropped = sum(sum(s["dropped"].values()) for s in stats["stages"].values())
+    assert len(rejected) == dropped == stats["stages"]["balance"]["in"] - stats["stages"]["balance"]["kept"] > 0
+    assert set(rejected["reason"]) == {"over_target"} and set(rejected["stage"]) == {"balance"}
+    assert all(image is not None for image in rejected["image"])  # the generated images, for the audit
+    files = sorted(p.relative_to(release_out).as_posix() for p in (release_out / "data").iterdir())
+    assert files == sorted(f for paths in stats["files"].values() for f in paths)
+    records = {p.stem: [Record.from_json(line) for line in p.read_text().splitlines()]
+               for p in (release_out / "records").glob("*.jsonl")}
+    assert {k: len(v) for k, v in records.items()} == stats["released"]["splits"]
+
+
+def test_card_passes_hub_metadata_rules_and_every_number_is_the_runs(release_out):
+    stats = stats_of(release_out)
+    text = (release_out / "README.md").read_text()
+    card = DatasetCard.load(release_out / "README.md")
+    assert validate_card_text(text) == []
+    meta = card.data.to_dict()
+    assert meta["size_categories"] == ["n<1K"] and meta["task_categories"] == ["image-classification"]
+    assert [c["config_name"] for c in meta["configs"]] == ["default", "rejected"]
+
+    def table_after(heading: str) -> list[list[str]]:
+        block = text.split(heading, 1)[1].split("\n\n", 2)[1]
+        return [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines()[2:]]
+
+    splits = list(stats["released"]["splits"])
+    for row in table_after("## Contents"):
+        name, total = row[0], int(row[-1])
+        assert total == stats["released"]["classes"][name]
+        assert [int(v) for v in row[2:-1]] == [stats["released"]["class_by_split"][s].get(name, 0) for s in splits]
+    funnel = {row[0]: row for row in table_after("## Processing funnel")}
+    assert list(funnel) == list(stats["stages"])
+    for name, s in stats["stages"].items():
+        assert (int(funnel[name][1]), int(funnel[name][2])) == (s["in"], s["kept"])
+        assert funnel[name][3] == (", ".join(f"{r}: {c}" for r, c in s["dropped"].items()) or "none")
+    for axis, table in stats["released"]["by_attribute"].items():
+        assert f"Images per class and `{axis}`" in text
+        assert sum(sum(counts.values()) for counts in table.values()) == stats["released"]["total"]
+    for path in stats["figures"].values():
+        assert (release_out / path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({path})" in text
+    assert set(stats["figures"]) == {"samples", "funnel", "classes"}  # no leak gate ran: no leak figure
+
+
+def test_releasing_again_gives_the_same_bytes(release_out):
+    def digests() -> dict[str, str]:
+        files = [release_out / "README.md", *sorted((release_out / "data").iterdir()),
+                 *sorted((release_out / "figures").iterdir())]
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+    before = digests()
+    assert main(["release", str(release_out), "--no-review"]) == 0
+    assert digests() == before
+
+
+def test_review_decisions_reject_and_relabel(release_out, tmp_path, capsys):
+    before = stats_of(release_out)
+    train = [Record.from_json(line) for line in (release_out / "records" / "train.jsonl").read_text().splitlines()]
+    dropped_id = next(r.sample_id for r in (Record.from_json(line) for line in
+                                           (release_out / "rejected" / "balance.jsonl").read_text().splitlines()))
+    first, second = train[0], train[1]
+    new_class = "happy" if second.label_name != "happy" else "sad"
+    decisions = tmp_path / "decisions.json"
+    decisions.write_text(json.dumps({"dataset": "by hand", "decisions": {
+        first.sample_id: "reject", second.sample_id: f"relabel:{new_class}", dropped_id: "reject"}}))
+    assert main(["release", str(release_out), "--decisions", str(decisions)]) == 0
+    after = stats_of(release_out)
+    review = after["stages"]["review"]
+    assert (review["in"], review["kept"], review["dropped"]) == (before["released"]["total"],
+                                                                  before["released"]["total"] - 1,
+                                                                  {"reviewer_reject": 1})
+    assert review["meta"] == {"dataset": "by hand", "decisions": 3, "rejected": 1, "relabelled": 1,
+                              "not_released": 1}
+    released = {r.sample_id: r for p in (release_out / "records").glob("*.jsonl")
+                for r in map(Record.from_json, p.read_text().splitlines())}
+    assert first.sample_id not in released and released[second.sample_id].label_name == new_class
+    assert after["released"]["classes"][new_class] == before["released"]["classes"][new_class] + 1
+    card = (release_out / "README.md").read_text()
+    assert "## Human review" in card and "tagged 3: 1 rejected" in card
+    assert "| review | " in card
+    # read the shard itself: load_dataset keeps what it resolved for this folder earlier in the process
+    rejected = datasets.Dataset.from_parquet(str(release_out / "data" / "rejected-00000-of-00001.parquet"))
+    assert first.sample_id in rejected["sample_id"]
+
+    assert main(["release", str(release_out), "--no-review"]) == 0
+    assert stats_of(release_out)["released"] == before["released"]
+
+
+def test_bad_review_decisions_change_nothing(release_out, tmp_path, capsys):
+    before = (release_out / "stats.json").read_bytes()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"decisions": {"x": "relabel:joy"}}))
+    assert main(["release", str(release_out), "--decisions", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "relabel:joy" in err and "fix: use reject, or relabel: followed by one of neutral" in err
+    assert (release_out / "stats.json").read_bytes() == before
+    assert main(["release", str(tmp_path), "--no-review"]) == 2
+    assert "holds no build" in capsys.readouterr().err
+
+
+def test_hub_metadata_rules_catch_bad_values():
+    problems = validate_metadata({"size_categories": ["n<2K"], "license": "free", "task_categories": ["fer"],
+                                  "annotations_creators": ["robots"],
+                                  "configs": [{"config_name": "a", "data_files": [{"path": "x"}]},
+                                              {"config_name": "a", "data_files": "y"}]})
+    text = "\n".join(problems)
+    for needle in ("size_categories: 'n<2K'", "license: 'free'", "task_categories: 'fer'",
+                   "annotations_creators: 'robots'", "unique", "configs: a:"):
+        assert needle in text, needle
+    assert validate_metadata({"license": "other", "size_categories": "n<1K"}) == []
+    assert validate_card_text("no metadata") == ["the card has no YAML metadata block"]
