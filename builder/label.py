@@ -54,35 +54,22 @@ class LabelStage(Stage):
                 "relabel": self.spec.relabel, "guide_is_only_labeller": self.guide_is_only_labeller}
 
     def _crop(self, record: Record, ctx: ShardContext) -> np.ndarray | None:
-        from PIL import Image
+        from curation.faces import align, image_and_face
 
-        from curation.faces import FacePolicy, align, find_face
+        image, face = image_and_face(ctx.resolve(record.image), record, self.detector, self._policy())
+        return None if face is None else align(image, face["landmarks"], self.spec.faces.size, self.spec.faces.margin)
 
-        with Image.open(ctx.resolve(record.image)) as im:
-            image = np.asarray(im.convert("RGB"))
-        faces = self.spec.faces
-        if record.face is None:
-            record.face = find_face(self.detector, FacePolicy(faces.min_score, faces.min_size), image)
-            if record.face is None:
-                return None
-        return align(image, record.face["landmarks"], faces.size, faces.margin)
+    def _policy(self):
+        from curation.faces import FacePolicy
+
+        return FacePolicy(self.spec.faces.min_score, self.spec.faces.min_size)
 
     def process(self, records: list[Record], ctx: ShardContext) -> Iterator[Record]:
         import torch
 
-        crops, with_face = [], []
-        for record in records:
-            try:
-                crop = self._crop(record, ctx)
-            except Exception as exc:  # a bad sample is counted and skipped, never a crash
-                record.drop = Drop(self.name, "error", f"{type(exc).__name__}: {exc}")
-                continue
-            if crop is None:
-                record.drop = Drop(self.name, "no_face", f"no face with score >= {self.spec.faces.min_score} "
-                                   f"and side >= {self.spec.faces.min_size:g} px")
-                continue
-            crops.append(crop)
-            with_face.append(record)
+        from curation.faces import per_face
+
+        crops, with_face = per_face(records, self.name, self._policy(), lambda r: self._crop(r, ctx))
         if with_face:
             batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255
             predictions = {e.name: e.predict(batch, self.label_names) for e in self.experts}

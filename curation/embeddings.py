@@ -95,19 +95,12 @@ class FaceEmbeddings:
             folder.write_info(info)
 
     def _embed(self, record: Record, root: Path) -> np.ndarray | None:
-        from PIL import Image
-
-        with Image.open(root / record.image) as im:
-            image = np.asarray(im.convert("RGB"))
-        face = record.face if record.face and record.face.get("landmarks") else self._detect(image)
-        return None if face is None else self.embedder.embed(image, face)
-
-    def _detect(self, image: np.ndarray) -> dict | None:
-        from .faces import FacePolicy, find_face, load_detector
+        from .faces import FacePolicy, image_and_face, load_detector
 
         if self.detector is None:
             self.detector = load_detector()
-        return find_face(self.detector, FacePolicy(), image)
+        image, face = image_and_face(root / record.image, record, self.detector, FacePolicy())
+        return None if face is None else self.embedder.embed(image, face)
 
 
 def range_neighbours(vectors: np.ndarray, threshold: float) -> list[dict[int, float]]:

@@ -96,3 +96,38 @@ def find_face(detector, policy: FacePolicy, image) -> dict | None:
     found = policy.keep(detector.detect(image))
     best = primary(found)
     return None if best is None else face_entry(best, len(found))
+
+
+def image_and_face(path, record, detector, policy: FacePolicy) -> tuple[np.ndarray, dict | None]:
+    """The record's RGB image (uint8) and its face: ``record.face`` when an earlier stage found it, else the
+    primary face ``policy`` keeps (stored in ``record.face``), or None when there is none."""
+    with Image.open(path) as im:
+        image = np.asarray(im.convert("RGB"))
+    if record.face is None or not record.face.get("landmarks"):
+        found = find_face(detector, policy, image)
+        if found is None:
+            return image, None
+        record.face = {**(record.face or {}), **found}
+    return image, record.face
+
+
+def per_face(records, stage: str, policy: FacePolicy, compute) -> tuple[list, list]:
+    """``compute(record)`` for each record: (values, records) of those with a face. A record whose ``compute``
+    raises is dropped as ``error``, one it returns None for as ``no_face`` (the stage contract: counted, never a
+    crash)."""
+    from builder.records import Drop
+
+    values, kept = [], []
+    for record in records:
+        try:
+            value = compute(record)
+        except Exception as exc:  # a bad sample is counted and skipped, never a crash
+            record.drop = Drop(stage, "error", f"{type(exc).__name__}: {exc}")
+            continue
+        if value is None:
+            record.drop = Drop(stage, "no_face", f"no face with score >= {policy.min_score:g} and side >= "
+                                                 f"{policy.min_size:g} px")
+            continue
+        values.append(value)
+        kept.append(record)
+    return values, kept

@@ -90,19 +90,9 @@ class IdentityLeakStage(Stage):
                 "calibration": self.calibration}
 
     def process(self, records: list[Record], ctx: ShardContext) -> Iterator[Record]:
-        vectors, embedded = [], []
-        for record in records:
-            try:
-                vector = self._embed(record, ctx)
-            except Exception as exc:  # a bad sample is counted and skipped, never a crash
-                record.drop = Drop(self.name, "error", f"{type(exc).__name__}: {exc}")
-                continue
-            if vector is None:
-                record.drop = Drop(self.name, "no_face", f"no face with score >= {self.policy.min_score} and side "
-                                                         f">= {self.policy.min_size:g} px")
-                continue
-            vectors.append(vector)
-            embedded.append(record)
+        from ..faces import per_face
+
+        vectors, embedded = per_face(records, self.name, self.policy, lambda r: self._embed(r, ctx))
         if embedded:
             sims, rows = self.reference.search(np.stack(vectors), 1)
             for record, sim, row in zip(embedded, sims[:, 0], rows[:, 0]):
@@ -110,19 +100,12 @@ class IdentityLeakStage(Stage):
         yield from records
 
     def _embed(self, record: Record, ctx: ShardContext) -> np.ndarray | None:
-        from PIL import Image
-
-        from ..faces import find_face
+        from ..faces import image_and_face
 
         if not record.image:
             raise ValueError("record has no image")
-        with Image.open(ctx.resolve(record.image)) as im:
-            image = np.asarray(im.convert("RGB"))  # as the label stage reads it, so record.face fits
-        if record.face is None:
-            record.face = find_face(self.detector, self.policy, image)
-            if record.face is None:
-                return None
-        return self.embedder.embed(image, record.face)
+        image, face = image_and_face(ctx.resolve(record.image), record, self.detector, self.policy)
+        return None if face is None else self.embedder.embed(image, face)
 
     def _judge(self, record: Record, sim: float, row: int) -> None:
         if row < 0:  # an approximate index found no candidate: nothing to be close to
