@@ -138,7 +138,7 @@ def load_build(out: Path) -> tuple[Manifest, str]:
         raise OutputDirError(f"'{out}' holds no build (no {BUILD_FILE})",
                              fix="give the --out folder of a build made with `build-dataset MANIFEST --out OUT`")
     recorded = json.loads(path.read_text())
-    data = json.loads(json.dumps(recorded["manifest"]))
+    data = recorded["manifest"]  # freshly parsed: safe to edit
     if data.get("images"):
         data["images"].pop("listing_sha256", None)
     try:

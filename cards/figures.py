@@ -21,7 +21,7 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"font.size": 9, "svg.hashsalt": "fer-synth"})
+    plt.rcParams.update({"font.size": 9})
     return plt
 
 
