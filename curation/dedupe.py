@@ -15,7 +15,9 @@ shard layout. Passes, each over the records the previous ones kept:
    ``near_distance`` bits of a kept record's).
 3. Inside the set, with ``embedding_similarity``: ``embedding_duplicate``
    (a kept record's face is at least that similar; FAISS range search over
-   every face at once, then the same best-first pass).
+   every face at once, then the same best-first pass). The search is exact up
+   to ``curation.embeddings.EXACT_UP_TO`` faces and approximate (IVF) above;
+   ``meta()["face_search"]`` says which.
 
 Every detail names the copy that stayed; records without a face skip the
 embedding passes.
@@ -61,6 +63,7 @@ class DedupeStage(GlobalStage):
         self.embeddings = embeddings
         self.groups = 0
         self.embedded = 0
+        self.search = None
         self.reference_count = None
 
     def preflight(self) -> None:
@@ -88,7 +91,7 @@ class DedupeStage(GlobalStage):
         out = {"exact": s.exact, "near_distance": s.near_distance, "duplicate_groups": self.groups}
         if s.embedding_similarity is not None:
             out.update(embedding_similarity=s.embedding_similarity, embedder=self.embeddings.describe(),
-                       faces_embedded=self.embedded)
+                       faces_embedded=self.embedded, face_search=self.search)
         if s.reference is not None:
             out["reference"] = {"index": Path(s.reference).name, "images": self.reference_count}
         return out
@@ -178,10 +181,11 @@ class DedupeStage(GlobalStage):
 
     def _inside_faces(self, records: list[Record], root: Path, stayed: set[str]) -> None:
         """``records`` are in priority order; a face drops when a kept, earlier face is similar enough."""
-        from .embeddings import range_neighbours
+        from .embeddings import describe_search, range_neighbours, search_params
 
         vectors, positions = self.embeddings.vectors(records, root)
         self.embedded = len(positions)
+        self.search = describe_search(search_params(len(positions)))
         threshold = self.spec.embedding_similarity
         kept: set[int] = set()
         for i, neighbours in enumerate(range_neighbours(vectors, threshold)):

@@ -9,6 +9,10 @@ metadata appended batch by batch, ``index.json`` committed last). A release
 run again, or resumed after a kill, embeds only the records it has not seen.
 A record's image and face are fixed by the build's fingerprint, so a cached
 vector never goes stale within its build folder.
+
+``range_neighbours`` finds every pair of faces above a similarity: exactly
+(every pair compared) up to ``EXACT_UP_TO`` faces, with an IVF index above,
+which misses a few pairs (``bench/RESULTS.md``) but scales to 10^6 faces.
 """
 from __future__ import annotations
 
@@ -103,19 +107,94 @@ class FaceEmbeddings:
         return None if face is None else self.embedder.embed(image, face)
 
 
-def range_neighbours(vectors: np.ndarray, threshold: float) -> list[dict[int, float]]:
-    """For each vector, the other vectors with cosine similarity >= ``threshold`` (FAISS exact range search)."""
+EXACT_UP_TO = 50_000
+"""Largest face count searched exactly (FAISS ``IndexFlatIP``); above it the search is approximate (IVF)."""
+NPROBE = 32
+"""IVF cells searched per face in the approximate search (``bench/RESULTS.md``: recall of near-duplicate pairs)."""
+CHUNK = 65536
+
+
+def search_params(count: int, exact_up_to: int | None = None, nprobe: int | None = None):
+    """The ``curation.identity.index.IndexParams`` the range search over ``count`` faces uses: ``flat`` (exact) up
+    to ``exact_up_to`` faces (default ``EXACT_UP_TO``), else ``ivf`` with about 4 * sqrt(count) cells trained on a
+    seeded sample of 50 per cell (as ``build-dataset index-reference`` builds its ``auto`` index) and ``nprobe``
+    (default ``NPROBE``) cells searched."""
+    from types import SimpleNamespace
+
+    from .identity.index import IndexParams, resolve_params
+
+    exact_up_to = EXACT_UP_TO if exact_up_to is None else exact_up_to
+    nprobe = NPROBE if nprobe is None else nprobe
+    if count <= exact_up_to:
+        return IndexParams("flat")
+    return resolve_params(SimpleNamespace(type="ivf", auto_threshold=0, nlist=0, train_size=0, nprobe=nprobe,
+                                          seed=0), count)
+
+
+def describe_search(params) -> dict:
+    """What a stage's meta records about its range search: ``{"type": "flat", "exact": True}``, or the IVF
+    parameters with ``"exact": False``."""
+    out = {k: v for k, v in params.as_dict().items() if v or k == "seed"} if params.type == "ivf" else {"type": "flat"}
+    return {**out, "exact": params.type == "flat"}
+
+
+def range_neighbours(vectors: np.ndarray, threshold: float, exact_up_to: int | None = None,
+                     nprobe: int | None = None) -> list[dict[int, float]]:
+    """For each vector, the other vectors with cosine similarity at or above ``threshold`` (FAISS range search).
+
+    Up to ``exact_up_to`` (default ``EXACT_UP_TO``) vectors the search is exact (``IndexFlatIP``, every pair
+    compared: O(n^2 d)). Above it, an IVF index (``search_params``) compares each vector only with those in
+    its ``nprobe`` nearest cells (about O(n^1.5 d)), so a pair whose two vectors fall in different cells can be
+    missed (``bench/range_search.py`` measures how rarely); a pair found from either side is given to both, and
+    no pair below ``threshold`` is ever returned. Either way the same vectors in the same order give the
+    same neighbours on every run (seeded training; pairs sorted), on the same FAISS build and thread count."""
     import faiss
 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
-    out: list[dict[int, float]] = [{} for _ in range(len(x))]
     if len(x) == 0:
-        return out
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
-    lims, sims, ids = index.range_search(x, float(threshold))
-    for i in range(len(x)):
-        for j, s in zip(ids[lims[i]:lims[i + 1]], sims[lims[i]:lims[i + 1]]):
-            if j != i:
-                out[i][int(j)] = float(s)
-    return out
+        return []
+    params = search_params(len(x), exact_up_to, nprobe)
+    if params.type == "ivf":
+        from .identity.index import build_index
+
+        index = build_index(x, params)
+    else:
+        index = faiss.IndexFlatIP(x.shape[1])
+        index.add(x)
+    return neighbour_dicts(range_pairs(index, x, threshold), len(x))
+
+
+def _radius(threshold: float) -> float:
+    """FAISS keeps inner products strictly above the radius; the float32 just below ``threshold`` keeps every pair
+    at or above it, as the manifest's thresholds read."""
+    return float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
+
+
+def range_pairs(index, x: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, cols, similarities) of every pair ``index`` finds at or above ``threshold`` for the queries ``x`` (row i
+    is ``x[i]``, which must be ``index``'s vector i), from either side: each unordered pair once per direction,
+    sorted by (row, col). Queries go in chunks, so only the pairs are held, never an n x n array."""
+    rows, cols, sims = [], [], []
+    for start in range(0, len(x), CHUNK):
+        lims, s, j = index.range_search(x[start:start + CHUNK], _radius(threshold))
+        i = np.repeat(np.arange(start, start + len(lims) - 1, dtype=np.int64), np.diff(lims).astype(np.int64))
+        other = j != i
+        rows.append(i[other])
+        cols.append(j[other].astype(np.int64))
+        sims.append(s[other])
+    i, j, s = (np.concatenate(a) for a in (rows, cols, sims))
+    # a pair found from one side only is given to both; found from both sides, it has the same similarity
+    i, j, s = np.concatenate([i, j]), np.concatenate([j, i]), np.concatenate([s, s])
+    order = np.lexsort((j, i))
+    i, j, s = i[order], j[order], s[order]
+    first = np.ones(len(i), bool)
+    first[1:] = (i[1:] != i[:-1]) | (j[1:] != j[:-1])
+    return i[first], j[first], s[first]
+
+
+def neighbour_dicts(pairs: tuple[np.ndarray, np.ndarray, np.ndarray], count: int) -> list[dict[int, float]]:
+    """``range_pairs``'s output as ``range_neighbours`` returns it: for each of ``count`` items, {other: sim}."""
+    i, j, s = pairs
+    bounds = np.searchsorted(i, np.arange(count + 1))
+    cols, sims = j.tolist(), s.tolist()
+    return [dict(zip(cols[a:b], sims[a:b])) for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist())]

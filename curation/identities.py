@@ -3,7 +3,8 @@
 Faces are embedded by ``curation.embedder`` (``curation.embeddings``) and
 visited best first (label confidence, then sample index, as in dedupe). A face
 joins the most similar identity whose founder is at or above ``threshold``
-(FAISS range search over all faces; ties go to the earlier founder), else it
+(FAISS range search over all faces, exact up to ``curation.embeddings.EXACT_UP_TO``
+faces, approximate (IVF) above; ties go to the earlier founder), else it
 founds a new identity; so the grouping is the same on every run. The founder's
 sample id names the identity and goes into ``record.face["identity"]``. With
 ``max_per_identity`` the identity's first that many images stay and the rest
@@ -12,8 +13,8 @@ are dropped as ``identity_cap``. Records without a face are kept and counted.
 The stats give the number of identities, images per identity (mean, largest,
 a histogram of identity sizes), the share of singletons, the effective number
 of identities (exp of the entropy of the images' identity distribution: equal
-to the count when identities are equally large), and the largest identities
-with their classes.
+to the count when identities are equally large), the largest identities
+with their classes, and which search found the neighbours (``face_search``).
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ class IdentitiesStage(GlobalStage):
                 "embedder": self.embeddings.describe(), **self.report}
 
     def process(self, records: list[Record], root: Path) -> Iterator[Record]:
-        from .embeddings import range_neighbours
+        from .embeddings import describe_search, range_neighbours, search_params
 
         ordered = sorted(records, key=priority)
         vectors, positions = self.embeddings.vectors(ordered, root)
@@ -98,6 +99,7 @@ class IdentitiesStage(GlobalStage):
         largest = sorted(members.values(), key=lambda g: (-len(g), g[0].index))[:self.spec.largest]
         self.report = {
             "without_face": len(records) - len(positions),
+            "face_search": describe_search(search_params(len(positions))),
             "before": diversity(before),
             "after": diversity([n for n in after if n]),
             "largest": [{"identity": g[0].sample_id, "images": len(g),

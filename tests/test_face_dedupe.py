@@ -84,6 +84,7 @@ def test_embedding_dedupe_catches_copies_the_perceptual_hash_misses(people, tmp_
         assert float(first[name][1].split()[2]) > 0.98, "measured 0.993-1.000"
     meta = stages[0].meta()
     assert meta["faces_embedded"] == 6 and meta["duplicate_groups"] == 2 and meta["embedder"]["backend"] == "dlib"
+    assert meta["face_search"] == {"type": "flat", "exact": True}
     assert stages[0].embeddings.stats == {"computed": 7, "from_cache": 0}
 
     # same decisions whatever the input order; the second run reads every vector from the build's cache
@@ -229,6 +230,7 @@ def test_face_dedupe_and_identities_in_a_build(identity_build):
     meta = identities["meta"]
     assert (identities["in"], identities["kept"], identities["dropped"]) == (6, 6, {})
     assert meta["before"]["identities"] == 6 and meta["before"]["singletons"] == 6 and meta["without_face"] == 0
+    assert dedupe["meta"]["face_search"] == meta["face_search"] == {"type": "flat", "exact": True}  # in stats.json
 
     rows = load_from_disk(str(out / "hf"))["train"]
     assert sorted(set(rows["identity"])) == sorted(rows["sample_id"])  # six people, each its own identity
