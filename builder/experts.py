@@ -93,8 +93,16 @@ def load_labellers(spec, device: str = "cpu") -> list:
         from .errors import UserError
         from .feranno.labeller import FERAnnoLabeller
 
+        from .models import resolve_device
+
+        feranno = spec.feranno
+        if feranno.dtype in ("bfloat16", "float16") and resolve_device(device) == "cpu":
+            from .errors import ModelLoadError
+
+            raise ModelLoadError(f"labelling.feranno.dtype '{feranno.dtype}' is not supported on CPU",
+                                 fix="set labelling.feranno.dtype to 'float32' or 'auto' on CPU, or label on a GPU")
         try:
-            labeller = FERAnnoLabeller.from_pretrained(spec.feranno.model, device)
+            labeller = FERAnnoLabeller.from_pretrained(feranno.model, device, feranno.batch_size, feranno.dtype)
         except UserError as exc:
             exc.message = f"labelling.feranno.model: {exc.message}"
             raise

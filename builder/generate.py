@@ -47,11 +47,15 @@ class GenerateStage(Stage):
         self.guide = None
         self.guide_provenance = None
         self.guide_targets: dict[int, int | None] = {}
+        self.guide_decoder = None
+        self.speedups: list[str] = []
 
     def setup(self) -> None:
         from .models import load_pipeline
+        from .speed import apply_compile, apply_layout
 
         self.pipe, self.dtype, self.provenance = load_pipeline(self.spec)
+        self.speedups = apply_layout(self.pipe, self.spec.speed)
         if self.spec.au_adapter is not None:
             from .au_adapter import attach_au_adapter
 
@@ -63,6 +67,8 @@ class GenerateStage(Stage):
 
             spec = self.spec
             self.layout = LayoutSource(spec.layout, self.pipe, spec.steps, spec.height, spec.width, self.seed)
+        extra = (self.guide_decoder.decoder,) if self.guide_decoder is not None else ()
+        self.speedups += apply_compile(self.pipe, self.spec.speed, extra)
 
     def _setup_guide(self) -> None:
         from .fer import align_labels
@@ -76,6 +82,11 @@ class GenerateStage(Stage):
                                  "labels": list(self.guide.labels), "unguided_classes": list(missing),
                                  "scale": g.scale, "wrt": g.wrt, "start_step": g.start_step,
                                  "end_step": g.end_step if g.end_step is not None else self.spec.steps}
+        if g.decoder is not None:
+            from .guide_decoder import load_guide_decoder
+
+            self.guide_decoder, decoder_provenance = load_guide_decoder(g.decoder, self.pipe)
+            self.guide_provenance.update(decoder_provenance)
 
     def meta(self) -> dict:
         if self.provenance is None:
@@ -89,26 +100,46 @@ class GenerateStage(Stage):
             "layout": self.layout.meta if self.layout else None,
         }
 
+    def runtime(self) -> dict:
+        from .speed import attention_backend
+
+        if self.pipe is None:
+            return {}
+        return {"device": str(self.pipe.unet.device), "speed": self.speedups, "attention": attention_backend(self.pipe),
+                "batch_size": self.spec.batch_size, "writer_threads": self.spec.speed.writer_threads}
+
     def process(self, records: list[Record], ctx: ShardContext) -> Iterator[Record]:
+        """Batches in order; a batch's PNGs are encoded on the writer threads while the next batch denoises,
+        and its records are yielded once their files are written."""
         import numpy as np
-        from PIL import Image
+
+        from .speed import ImageWriter
 
         size = self.spec.batch_size
-        for start in range(0, len(records), size):
-            batch = records[start : start + size]
-            token_counts = [len(ids) for ids in self.pipe.tokenizer([r.prompt for r in batch]).input_ids]
-            if self.layout is not None:
-                for record in batch:
-                    record.attributes["layout_reference"] = self.layout.reference(record.index)
-            for record, pixels, tokens in zip(batch, self.generate(batch), token_counts):
-                record.scores["prompt_tokens"] = tokens
-                if not np.isfinite(pixels).all():
-                    record.drop = Drop(self.name, "nonfinite_output", "decoded image has NaN or inf pixels")
-                else:
-                    path, stored = ctx.output_path(f"images/{record.sample_id}.png")
-                    Image.fromarray(to_uint8(pixels)).save(path, format="PNG")
-                    record.image = stored
-                yield record
+        writer = ImageWriter(self.spec.speed.writer_threads, _write_png)
+        waiting: list[tuple[Record, object]] = []
+        try:
+            for start in range(0, len(records), size):
+                batch = records[start : start + size]
+                token_counts = [len(ids) for ids in self.pipe.tokenizer([r.prompt for r in batch]).input_ids]
+                if self.layout is not None:
+                    for record in batch:
+                        record.attributes["layout_reference"] = self.layout.reference(record.index)
+                written = []
+                for record, pixels, tokens in zip(batch, self.generate(batch), token_counts):
+                    record.scores["prompt_tokens"] = tokens
+                    done = None
+                    if not np.isfinite(pixels).all():
+                        record.drop = Drop(self.name, "nonfinite_output", "decoded image has NaN or inf pixels")
+                    else:
+                        path, record.image = ctx.output_path(f"images/{record.sample_id}.png")
+                        done = writer.submit(path, pixels)
+                    written.append((record, done))
+                yield from _finished(waiting)
+                waiting = written
+            yield from _finished(waiting)
+        finally:
+            writer.close()
 
     def generate(self, batch: list[Record]):
         """float32 array (B, H, W, 3) in [0, 1] (NaN where the decode overflowed)."""
@@ -151,7 +182,8 @@ class GenerateStage(Stage):
                 self.pipe, cond, uncond, generators, steps=spec.steps, cfg_scale=spec.guidance_scale,
                 height=spec.height, width=spec.width, guide=self.guide,
                 targets=[self.guide_targets.get(r.label) for r in batch], scale=g.scale, start=g.start_step,
-                end=g.end_step if g.end_step is not None else spec.steps, wrt=g.wrt, latents=start)
+                end=g.end_step if g.end_step is not None else spec.steps, wrt=g.wrt, latents=start,
+                decoder=self.guide_decoder)
         return images.numpy()
 
     def _start(self, batch: list[Record]):
@@ -170,6 +202,19 @@ class GenerateStage(Stage):
             cond = self.adapter.condition(cond, au)
             uncond = self.adapter.condition(uncond, torch.zeros_like(au)) if cfg else None
         return cond, (uncond if cfg else None)
+
+
+def _write_png(path, pixels) -> None:
+    from PIL import Image
+
+    Image.fromarray(to_uint8(pixels)).save(path, format="PNG")
+
+
+def _finished(waiting: list) -> Iterator[Record]:
+    for record, done in waiting:
+        if done is not None:
+            done()
+        yield record
 
 
 @contextmanager

@@ -48,16 +48,29 @@ def _noise(pipe, latents, t, cond, uncond, cfg_scale: float) -> torch.Tensor:
     return eps_u + cfg_scale * (eps_c - eps_u)
 
 
-def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
-    """Latents -> RGB in [0, 1], (B, 3, H, W)."""
-    image = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+def _noise_for_text_gradient(pipe, latents, t, cond, uncond, cfg_scale: float) -> torch.Tensor:
+    """``_noise`` when only the text conditioning is differentiated: the unconditional half does not depend on
+    it, so it runs without a graph and the backward pass covers half the batch (same result up to rounding)."""
+    if uncond is None:
+        return _noise(pipe, latents, t, cond, None, cfg_scale)
+    model_in = pipe.scheduler.scale_model_input(latents, t)
+    with torch.no_grad():
+        eps_u = pipe.unet(model_in, t, encoder_hidden_states=uncond).sample
+    eps_c = pipe.unet(model_in, t, encoder_hidden_states=cond).sample
+    return eps_u + cfg_scale * (eps_c - eps_u)
+
+
+def decode(pipe, latents: torch.Tensor, decoder=None) -> torch.Tensor:
+    """Latents -> RGB in [0, 1], (B, 3, H, W), by the pipeline's VAE or ``decoder`` (an AutoencoderTiny)."""
+    vae = decoder if decoder is not None else pipe.vae
+    image = vae.decode(latents / vae.config.scaling_factor).sample
     return (image / 2 + 0.5).clamp(0, 1)
 
 
 def guided_sample(pipe, cond: torch.Tensor, uncond: torch.Tensor | None, generators: list[torch.Generator], *,
                   steps: int, cfg_scale: float, height: int, width: int, guide, targets: Sequence[int | None],
                   scale: float, start: int, end: int, wrt: str = "text", on_step=None,
-                  latents: torch.Tensor | None = None) -> torch.Tensor:
+                  latents: torch.Tensor | None = None, decoder=None) -> torch.Tensor:
     """Sample with semantic guidance; returns RGB in [0, 1] as float32 (B, H, W, 3) on the CPU.
 
     ``targets[b]`` is sample b's class index in ``guide.labels`` (None: no
@@ -78,8 +91,11 @@ def guided_sample(pipe, cond: torch.Tensor, uncond: torch.Tensor | None, generat
             with torch.enable_grad():
                 variable = (cond if wrt == "text" else latents).detach().requires_grad_(True)
                 c, x = (variable, latents) if wrt == "text" else (cond, variable)
-                eps = _noise(pipe, x, t, c, uncond, cfg_scale)
-                image = decode(pipe, predict_x0(scheduler, x, eps, t, i))
+                if wrt == "text":
+                    eps = _noise_for_text_gradient(pipe, x, t, c, uncond, cfg_scale)
+                else:
+                    eps = _noise(pipe, x, t, c, uncond, cfg_scale)
+                image = decode(pipe, predict_x0(scheduler, x, eps, t, i), decoder)
                 losses = F.cross_entropy(guide.logits(image.float()).float(), target, reduction="none")
                 (grad,) = torch.autograd.grad((losses * mask).sum(), variable)
             norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (grad.ndim - 1)))

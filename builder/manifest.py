@@ -22,7 +22,7 @@ from .prompts import PLACEHOLDERS, TEMPLATE_SETS
 
 BUILTIN_TINY_MODEL = "builtin:tiny-sd"
 # Generator settings a build may change when it resumes (they do not change any image).
-NOT_IDENTITY = ("device", "batch_size")
+NOT_IDENTITY = ("device", "batch_size", "speed")
 ADDED_AT_DEFAULT = {
     ("curation", "dedupe", "embedding_similarity"): None,
     ("curation", "dedupe", "reference"): None,
@@ -31,6 +31,8 @@ ADDED_AT_DEFAULT = {
     ("curation", "faces", "detector"): "mtcnn",
     ("curation", "faces", "detector_model"): None,
     ("curation", "faces", "detector_size"): 640,
+    ("generator", "guidance", "decoder"): None,
+    ("labelling", "feranno", "dtype"): "float32",
 }
 """Fields added after builds existed, left out of the identity while at these defaults, so that build folders
 made before them keep their fingerprint."""
@@ -311,6 +313,12 @@ class Guidance(_Strict):
     wrt: Literal["text", "latents"] = Field(
         default="text", description="Update the text conditioning (SynFER) or the latents with the gradient."
     )
+    decoder: str | None = Field(
+        default=None, min_length=1,
+        description="Decoder of the predicted x0 the guide scores at each guided step: null uses the pipeline's "
+        "VAE; a Hub id or local folder of a diffusers AutoencoderTiny (e.g. 'madebyollin/taesd' for SD 1.x) is "
+        "far cheaper to run and to differentiate through. The final images are always decoded by the VAE.",
+    )
 
 
 class Layout(_Strict):
@@ -318,6 +326,22 @@ class Layout(_Strict):
 
     images: str = Field(min_length=1, description="Folder of reference face images (png, jpg, webp); each sample "
                         "takes one, chosen from (seed, sample index). Needs generator.scheduler: ddim.")
+
+
+class Speed(_Strict):
+    """How the generator runs on its device. None of these changes what an image shows (pixels may differ by
+    float rounding, as with another batch size), so they are not part of the build's identity and a build may
+    change them when it resumes. `bench/generation_throughput.py` measures each on a GPU."""
+
+    channels_last: bool = Field(default=False, description="Store UNet and VAE weights and activations "
+                                "channels-last (NHWC), which tensor-core convolutions prefer.")
+    fuse_qkv: bool = Field(default=False, description="Fuse the attention projections (one matmul for q, k "
+                           "and v; diffusers' fuse_qkv_projections) in the UNet and the VAE.")
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        default="off", description="torch.compile the UNet and the VAE decoder with this mode; 'reduce-overhead' "
+        "and 'max-autotune' also capture CUDA graphs. The first batch of each size pays the compile time.")
+    writer_threads: int = Field(default=2, ge=0, le=64, description="Threads that encode and write the PNGs "
+                                "while the next batch denoises; 0 writes in the generating thread.")
 
 
 class Generator(_Strict):
@@ -367,6 +391,8 @@ class Generator(_Strict):
     guidance: Guidance | None = Field(
         default=None, description="Semantic guidance by a FER classifier during denoising; omit to turn it off."
     )
+    speed: Speed = Field(default_factory=Speed, description="Speed settings of the generation path; not part "
+                         "of the build's identity.")
     layout: Layout | None = Field(
         default=None, description="Start from DDIM-inverted reference images instead of random noise; the "
         "dataset gets a 'layout_reference' column."
@@ -430,8 +456,8 @@ class FaceQuality(_Strict):
                         "set detector_model: to the path of an SCRFD .onnx file (buffalo_l: det_10g.onnx)",
                         at="detector_model")
         if self.detector == "mtcnn":
-            for field in ("detector_model", "detector_size"):
-                if field in self.model_fields_set:
+            for field in ("detector_model", "detector_size"):  # at its default it is harmless (a dumped manifest)
+                if getattr(self, field) != type(self).model_fields[field].default:
                     raise _fail("scrfd_only", "'{field}' is for the scrfd detector; MTCNN uses its pinned "
                                 "weights at the image's own size", "remove {field}:, or set detector: scrfd",
                                 at=field, field=field)
@@ -568,6 +594,13 @@ class FERAnnoSpec(_Strict):
     model: str = Field(min_length=1, description="Folder with feranno_config.json and feranno.safetensors; the "
                        "diffusion backbone it names is loaded too (local files only) and must match its hash.")
     weight: float = Field(default=1.0, gt=0, le=100, description="Weight of FERAnno in the pool.")
+    dtype: Literal["float32", "auto", "bfloat16", "float16"] = Field(
+        default="float32", description="dtype of the diffusion backbone (VAE encode, inversion, feature pass). "
+        "float32 is what train-feranno trains in; 'auto' (bfloat16 on GPUs that support it, float32 on CPU) or "
+        "bfloat16 runs several times faster on GPUs and moves probabilities by rounding. Half precision is "
+        "refused on CPU.")
+    batch_size: int = Field(default=8, gt=0, le=1024, description="Images per backbone batch. Not part of the "
+                            "build's identity.")
 
 
 FERANNO_NAME = "feranno"  # FERAnno's labeller id: its probability column is 'probs_feranno'
@@ -810,7 +843,7 @@ class Manifest(_Strict):
         return -(-self.total // size)
 
     def identity(self) -> dict:
-        """What determines the dataset: the manifest but generator.device, .batch_size and labelling.device;
+        """What determines the dataset: the manifest but generator.device, .batch_size, .speed and labelling.device;
         with an 'images' source, also the listing of its images (a changed folder is another dataset)."""
         data = self.model_dump(mode="json")
         if data["generator"] is not None:
@@ -818,11 +851,13 @@ class Manifest(_Strict):
                 data["generator"].pop(key, None)
         if data["labelling"] is not None:
             data["labelling"].pop("device", None)
+            if data["labelling"]["feranno"] is not None:
+                data["labelling"]["feranno"].pop("batch_size", None)
         for *parents, key in ADDED_AT_DEFAULT:
             node = data
             for parent in parents:
-                node = node[parent]
-            if node.get(key, ...) == ADDED_AT_DEFAULT[(*parents, key)]:
+                node = node[parent] if node is not None else None
+            if node is not None and node.get(key, ...) == ADDED_AT_DEFAULT[(*parents, key)]:
                 del node[key]
         if self.images is None:
             del data["images"]  # generation manifests keep the fingerprints they had before images sources

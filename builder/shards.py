@@ -4,7 +4,7 @@ Layout under the build folder::
 
     shards/<stage>/<shard:05d>/records.jsonl   kept records (input of the next stage)
                               rejected.jsonl  dropped records with their reason
-                              stats.json      counts, seconds, stage meta: the completion marker
+                              stats.json      counts, seconds, stage meta and runtime: the completion marker
                               images/...      files the stage wrote (generation only)
 
 A shard folder exists only once complete, so a process killed at any point
@@ -91,6 +91,8 @@ def run_stage_on_shard(stage: Stage, store: ShardStore, shard: int, records: lis
             "seconds": round(seconds, 4),
             "meta": stage.meta(),
         }
+        if runtime := stage.runtime():
+            stats["runtime"] = runtime
         store.commit(ctx, kept, rejected, stats)
     finally:
         shutil.rmtree(ctx.staging, ignore_errors=True)

@@ -72,7 +72,13 @@ class Stage(ABC):
         """Yield every record of ``records``, with ``drop`` set on those this stage rejects."""
 
     def meta(self) -> dict:
-        """Facts about this stage's setup worth recording with each shard (e.g. model provenance)."""
+        """Facts about this stage's setup worth recording with each shard (e.g. model provenance); a resumed
+        build must have the same."""
+        return {}
+
+    def runtime(self) -> dict:
+        """How this process ran the stage (device, speed settings), recorded with each shard; may differ
+        between shards."""
         return {}
 
 

@@ -414,3 +414,28 @@ def test_feranno_votes_in_the_label_stage_of_a_build(trained, tmp_path, monkeypa
         assert abs(row["label_confidence"] - pooled.max() / pooled.sum()) < 1e-3
     card = DatasetCard.load(tmp_path / "out" / "README.md").text
     assert "`feranno` is FERAnno" in card and "temperature-scaled" in card
+
+
+def test_feranno_backbone_dtype_and_batch_size(trained):
+    from builder.experts import load_labellers
+    from builder.manifest import Labelling
+
+    out, _ = trained
+    (expert,) = load_labellers(Labelling(feranno={"model": str(out), "batch_size": 3, "dtype": "auto"}), "cpu")
+    assert expert.labeller.batch_size == 3 and expert.labeller.dtype == "float32", "auto is float32 on CPU"
+    assert "dtype" not in expert.describe(expert.labeller.label_names)["feranno"], "float32 meta as before"
+    with pytest.raises(ModelLoadError, match="labelling.feranno.dtype 'bfloat16' is not supported on CPU"):
+        load_labellers(Labelling(feranno={"model": str(out), "dtype": "bfloat16"}), "cpu")
+
+
+def test_feranno_dtype_is_in_the_identity_and_batch_size_is_not(demo_data):
+    from builder.manifest import Manifest
+    from builder.run import fingerprint
+
+    def with_feranno(**settings):
+        return Manifest.model_validate({**demo_data, "labelling": {"feranno": {"model": "ann", **settings}}})
+
+    base = with_feranno()
+    assert "dtype" not in base.identity()["labelling"]["feranno"], "builds made before the field keep their fingerprint"
+    assert fingerprint(with_feranno(batch_size=64)) == fingerprint(base)
+    assert fingerprint(with_feranno(dtype="bfloat16")) != fingerprint(base)

@@ -128,3 +128,25 @@ def test_guidance_window_is_validated():
 
     with pytest.raises(ValidationError, match="do not fit in 4 denoising steps"):
         Generator(model="builtin:tiny-sd", steps=4, guidance=Guidance(start_step=4))
+
+
+def test_text_gradient_skips_the_unconditional_branch(pipe, guide):
+    """With wrt=text only the conditional half of the CFG batch is differentiated: the same noise estimate and
+    the same gradient as differentiating the whole batch."""
+    from builder.guidance import _noise, _noise_for_text_gradient
+
+    with torch.no_grad():
+        cond, uncond = pipe.encode_prompt(["a happy face"] * 2, "cpu", 1, True, negative_prompt=[""] * 2)
+    pipe.scheduler.set_timesteps(10)
+    t = pipe.scheduler.timesteps[3]
+    latents = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    grads, values = [], []
+    for fn in (_noise, _noise_for_text_gradient):
+        c = cond.clone().requires_grad_(True)
+        eps = fn(pipe, latents, t, c, uncond, 5.0)
+        (grad,) = torch.autograd.grad(eps.square().sum(), c)
+        grads.append(grad)
+        values.append(eps.detach())
+    assert torch.allclose(values[0], values[1], atol=1e-5)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-6)
+    assert grads[0].abs().sum() > 0

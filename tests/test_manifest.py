@@ -81,7 +81,7 @@ def test_fields_added_later_leave_old_fingerprints_alone(demo_data):
     assert "identities" not in curation and "embedder" not in curation
     assert "reference" not in curation["dedupe"] and "detector" not in curation["faces"]
     assert fingerprint(base) == "5ff59527f838" + fingerprint(base)[12:], "demo.yaml's fingerprint before them"
-    assert len(ADDED_AT_DEFAULT) == 7
+    assert len(ADDED_AT_DEFAULT) == 9
     changed = {"identities": {"threshold": 0.9}, "dedupe": {"embedding_similarity": 0.97},
                "faces": {"enabled": False, "detector": "scrfd", "detector_model": "det.onnx"}}
     for key, value in changed.items():
@@ -108,3 +108,13 @@ def test_shipped_manifests_validate(path, tmp_path, monkeypatch):
         write_example_faces(tmp_path / "out" / "faces")
     manifest = load_manifest(path)
     assert manifest.total > 0
+
+
+def test_a_dumped_manifest_validates_to_itself(demo_data):
+    """model_dump writes every default; validating it again must not trip checks on fields set by hand."""
+    manifest = Manifest.model_validate(demo_data)
+    again = Manifest.model_validate(manifest.model_dump(mode="json"))
+    assert again == manifest
+    faces = {**manifest.curation.faces.model_dump(), "detector_size": 320}
+    with pytest.raises(ValueError, match="'detector_size' is for the scrfd detector"):
+        Manifest.model_validate({**demo_data, "curation": {**demo_data.get("curation", {}), "faces": faces}})

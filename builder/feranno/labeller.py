@@ -21,9 +21,12 @@ class FERAnnoLabeller:
         self.model, self.extractor, self.folder, self.batch_size = model, extractor, Path(folder), batch_size
         self.meta = model.config.meta
         self.label_names: tuple[str, ...] = tuple(self.meta["label_names"])
+        self.dtype = "float32"  # the backbone's
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, device: str = "auto", batch_size: int = 8) -> FERAnnoLabeller:
+    def from_pretrained(cls, folder: str | Path, device: str = "auto", batch_size: int = 8,
+                        dtype: str = "float32") -> FERAnnoLabeller:
+        """``dtype``: the backbone's (``Generator.dtype`` values); the head always runs in float32."""
         from ..manifest import Generator
         from ..models import load_pipeline
         from .extract import ExtractSettings, FeatureExtractor
@@ -32,7 +35,7 @@ class FERAnnoLabeller:
         folder = Path(folder)
         model = FERAnno.from_pretrained(folder)
         meta = model.config.meta
-        spec = Generator(model=meta["base_model"], revision=meta.get("revision"), device=device, dtype="float32")
+        spec = Generator(model=meta["base_model"], revision=meta.get("revision"), device=device, dtype=dtype)
         pipe, _, provenance = load_pipeline(spec)
         if provenance.weights_sha256 != meta["weights_sha256"]:
             raise ModelLoadError(
@@ -48,7 +51,9 @@ class FERAnnoLabeller:
             raise ModelLoadError(f"{folder / CONFIG_NAME}: the prompt has {extractor.tokens} tokens with this "
                                  f"tokenizer, the model expects {model.config.tokens}",
                                  fix="use the tokenizer the model was trained with")
-        return cls(model.to(pipe.unet.device).eval(), extractor, folder, batch_size)
+        labeller = cls(model.to(pipe.unet.device).eval(), extractor, folder, batch_size)
+        labeller.dtype = str(pipe.unet.dtype).removeprefix("torch.")
+        return labeller
 
     def predict(self, images) -> np.ndarray:
         """Probabilities (N, C) for RGB images: PIL, HxWx3 uint8 or [0, 1] float arrays, or a (N, 3, H, W) tensor."""
@@ -67,11 +72,14 @@ class FERAnnoLabeller:
 
     def describe(self) -> dict:
         """Provenance: path, sha256 of the weights file, backbone, feature timestep and inversion settings,
-        temperature, label names."""
+        temperature, label names; the backbone dtype unless float32 (what builds before it existed ran)."""
         from ..models import file_sha256
 
-        return {"path": str(self.folder), "sha256": file_sha256(self.folder / WEIGHTS_NAME),
+        info = {"path": str(self.folder), "sha256": file_sha256(self.folder / WEIGHTS_NAME),
                 "base_model": self.meta["base_model"], "revision": self.meta.get("revision"),
                 "base_weights_sha256": self.meta["weights_sha256"], "timestep": self.meta["inversion"]["t"],
                 "inversion": dict(self.meta["inversion"]),
                 "temperature": float(self.model.temperature), "label_names": list(self.label_names)}
+        if self.dtype != "float32":
+            info["dtype"] = self.dtype
+        return info
