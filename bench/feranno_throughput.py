@@ -51,6 +51,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.sd15 import sync  # noqa: E402
+
 TINY_MODEL = "builtin:tiny-sd"
 DTYPES = ("float32", "bfloat16", "float16")
 PARTS = ("pixels", "vae_encode", "inversion", "feature_pass", "head", "other")
@@ -103,23 +105,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # -- helpers ------------------------------------------------------------------
-def resolve_device(requested: str) -> str:
-    import torch
-
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"--device {requested}: no CUDA GPU is visible")
-    return requested
-
-
-def sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
 def device_name(device: str) -> str:
     import torch
 
@@ -367,8 +352,9 @@ def main(argv=None) -> dict:
     import torch
 
     from builder.experts import FERAnnoExpert
+    from builder.models import resolve_device
 
-    device = resolve_device(args.device)
+    device = resolve_device(args.device)  # a ModelLoadError (exit 2) when the GPU asked for is absent
     dtypes = args.dtype or (["bfloat16"] if device.startswith("cuda") else ["float32"])
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -36,6 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.sd15 import sync  # noqa: E402
+
 DEFAULT_VARIANTS = ["diffusers:fp16", "stage:fp16", "stage:bf16", "stage:bf16:cl:fuse",
                     "stage:bf16:cl:fuse:compile=max-autotune-no-cudagraphs", "stage:bf16:cl:fuse:guide=vae",
                     "stage:bf16:cl:fuse:guide=taesd", "stage:bf16:cl:fuse:guide=taesd:window=5-15",
@@ -73,13 +75,6 @@ def parse_variant(text: str) -> dict:
     if kind == "diffusers" and (v["speed"] or v["guide"] or v["adapter"]):
         raise SystemExit(f"variant '{text}': the plain pipeline takes only a dtype")
     return v
-
-
-def sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def matmul_peak_tflops(device: str) -> float | None:

@@ -37,6 +37,14 @@ def _tokenizer():
     return CLIPTokenizer.from_pretrained(ensure_tiny_pipeline() / "tokenizer")
 
 
+def sync(device: str) -> None:
+    """Wait for the GPU's queued work before reading a clock (a no-op on CPU)."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
 def build_sd15(folder: Path, seed: int = 0) -> Path:
     """Write the random-weight SD 1.5-architecture pipeline to ``folder`` unless it is there."""
     folder = Path(folder)

@@ -213,7 +213,7 @@ def test_bad_guide_decoder_exits_2_naming_the_field(tmp_path, write_manifest, ca
     assert not ShardStore(out).is_done("generate", 0)
 
 
-def test_unknown_decoder_folder_is_a_model_error(demo):
+def test_a_decoder_path_that_does_not_exist_is_a_model_error():
     from builder.guide_decoder import resolve_decoder
 
     with pytest.raises(ModelLoadError, match="has no config.json"):

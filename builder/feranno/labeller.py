@@ -21,7 +21,11 @@ class FERAnnoLabeller:
         self.model, self.extractor, self.folder, self.batch_size = model, extractor, Path(folder), batch_size
         self.meta = model.config.meta
         self.label_names: tuple[str, ...] = tuple(self.meta["label_names"])
-        self.dtype = "float32"  # the backbone's
+
+    @property
+    def dtype(self) -> str:
+        """The backbone's dtype ('float32', 'bfloat16', ...)."""
+        return str(self.extractor.pipe.unet.dtype).removeprefix("torch.")
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str = "auto", batch_size: int = 8,
@@ -51,9 +55,7 @@ class FERAnnoLabeller:
             raise ModelLoadError(f"{folder / CONFIG_NAME}: the prompt has {extractor.tokens} tokens with this "
                                  f"tokenizer, the model expects {model.config.tokens}",
                                  fix="use the tokenizer the model was trained with")
-        labeller = cls(model.to(pipe.unet.device).eval(), extractor, folder, batch_size)
-        labeller.dtype = str(pipe.unet.dtype).removeprefix("torch.")
-        return labeller
+        return cls(model.to(pipe.unet.device).eval(), extractor, folder, batch_size)
 
     def predict(self, images) -> np.ndarray:
         """Probabilities (N, C) for RGB images: PIL, HxWx3 uint8 or [0, 1] float arrays, or a (N, 3, H, W) tensor."""
