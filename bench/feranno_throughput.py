@@ -297,8 +297,8 @@ class _Proxy:
     def __init__(self, inner, call):
         self._inner, self._call = inner, call
 
-    def __call__(self, images):
-        return self._call(images)
+    def __call__(self, images, **kwargs):
+        return self._call(images, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self._inner, name)

@@ -8,10 +8,12 @@ layer's text projections); its output is
     text_attention(q, K_text, V_text) + au_scale * to_out(attention(q, K_au, V_au))
 
 The AU tokens travel concatenated after the 77 text tokens in
-``encoder_hidden_states``; each processor splits them off. The text part runs
-through the layer's original processor, so ``au_scale = 0`` (or no AU tokens)
-gives exactly the plain pipeline. Weights are saved as safetensors next to a
-JSON config.
+``encoder_hidden_states``; each processor splits them off. With ``au_scale = 0``
+(or no AU tokens) the layer's original processor runs alone, which gives
+exactly the plain pipeline. Otherwise, when that processor is diffusers' SDPA
+attention, both attentions share one query projection and one output
+projection (``to_out`` is linear), so the adapter adds only the attention over
+its few tokens. Weights are saved as safetensors next to a JSON config.
 """
 from __future__ import annotations
 
@@ -78,16 +80,46 @@ class AUAttnProcessor(nn.Module):
                              f"AU tokens, got {length}")
         text = encoder_hidden_states[:, : self.text_tokens]
         au = encoder_hidden_states[:, self.text_tokens :]
-        out = self.base(attn, hidden_states, text, attention_mask, temb)
         if self.scale == 0:
-            return out
-        batch, heads = hidden_states.shape[0], attn.heads
+            return self.base(attn, hidden_states, text, attention_mask, temb)
+        if _plain(attn, self.base, hidden_states, attention_mask):
+            return self._shared(attn, hidden_states, text, au)
+        out = self.base(attn, hidden_states, text, attention_mask, temb)
+        mixed, _ = self._au_attention(attn, attn.to_q(hidden_states), au)
+        return out + self.scale * F.linear(mixed, attn.to_out[0].weight) / attn.rescale_output_factor
+
+    def _shared(self, attn, hidden_states, text, au):
+        """Both attentions from one query projection, summed before one output projection (to_out is linear):
+        the same result as the layer's processor plus the AU term, with a projection of the image tokens
+        in and out instead of two of each."""
         query = attn.to_q(hidden_states)
+        if getattr(attn, "fused_projections", False) and hasattr(attn, "to_kv"):
+            key, value = attn.to_kv(text).chunk(2, dim=-1)
+        else:
+            key, value = attn.to_k(text), attn.to_v(text)
+        mixed, split = self._au_attention(attn, query, au)
+        words = F.scaled_dot_product_attention(split(query), split(key), split(value))
+        words = words.transpose(1, 2).reshape(mixed.shape).to(query.dtype)
+        return attn.to_out[1](attn.to_out[0](words + self.scale * mixed)) / attn.rescale_output_factor
+
+    def _au_attention(self, attn, query, au):
+        """attention(q, K_au, V_au) with heads merged, (B, L, inner); and the head-splitting function."""
+        batch, heads = query.shape[0], attn.heads
         head_dim = query.shape[-1] // heads
         split = lambda x: x.view(batch, -1, heads, head_dim).transpose(1, 2)  # noqa: E731
         mixed = F.scaled_dot_product_attention(split(query), split(self.to_k_au(au)), split(self.to_v_au(au)))
-        mixed = mixed.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)
-        return out + self.scale * F.linear(mixed, attn.to_out[0].weight) / attn.rescale_output_factor
+        return mixed.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype), split
+
+
+SDPA_PROCESSORS = ("AttnProcessor2_0", "FusedAttnProcessor2_0")
+
+
+def _plain(attn, base, hidden_states, attention_mask) -> bool:
+    """Whether the layer's processor is diffusers' SDPA attention with nothing around it (as in every SD 1.x/2.x
+    cross-attention layer), so ``_shared`` computes what it would."""
+    return (type(base).__name__ in SDPA_PROCESSORS and attention_mask is None and hidden_states.ndim == 3
+            and attn.spatial_norm is None and attn.group_norm is None and not attn.norm_cross
+            and attn.norm_q is None and attn.norm_k is None and not attn.residual_connection)
 
 
 class AUAdapter(nn.Module):

@@ -26,6 +26,11 @@ class GenerateStage(Stage):
     Images whose decoded pixels are not finite (fp16 overflow) are dropped as
     ``nonfinite_output``. Each record gets ``scores["prompt_tokens"]`` (text
     encoder tokens, before truncation to ``max_prompt_tokens``).
+
+    With ``speed.compile`` on, a shard's last, smaller batch is padded to
+    ``batch_size`` with repeats of its last sample (their images discarded):
+    compiled graphs and CUDA graphs are specialised to the batch shape, and a
+    new shape means compiling again, for minutes with ``max-autotune``.
     """
 
     name = "generate"
@@ -49,6 +54,7 @@ class GenerateStage(Stage):
         self.guide_targets: dict[int, int | None] = {}
         self.guide_decoder = None
         self.speedups: list[str] = []
+        self.fixed_batch = False  # pad short batches to batch_size (set when compiled)
 
     def setup(self) -> None:
         from .models import load_pipeline
@@ -69,6 +75,7 @@ class GenerateStage(Stage):
             self.layout = LayoutSource(spec.layout, self.pipe, spec.steps, spec.height, spec.width, self.seed)
         extra = (self.guide_decoder.decoder,) if self.guide_decoder is not None else ()
         self.speedups += apply_compile(self.pipe, self.spec.speed, extra)
+        self.fixed_batch = self.spec.speed.compile != "off"
 
     def _setup_guide(self) -> None:
         from .fer import align_labels
@@ -106,7 +113,8 @@ class GenerateStage(Stage):
         if self.pipe is None:
             return {}
         return {"device": str(self.pipe.unet.device), "speed": self.speedups, "attention": attention_backend(self.pipe),
-                "batch_size": self.spec.batch_size, "writer_threads": self.spec.speed.writer_threads}
+                "batch_size": self.spec.batch_size, "fixed_batch": self.fixed_batch,
+                "writer_threads": self.spec.speed.writer_threads}
 
     def process(self, records: list[Record], ctx: ShardContext) -> Iterator[Record]:
         """Batches in order; a batch's PNGs are encoded on the writer threads while the next batch denoises,
@@ -126,7 +134,9 @@ class GenerateStage(Stage):
                     for record in batch:
                         record.attributes["layout_reference"] = self.layout.reference(record.index)
                 written = []
-                for record, pixels, tokens in zip(batch, self.generate(batch), token_counts):
+                padding = [batch[-1]] * (size - len(batch)) if self.fixed_batch else []
+                images = self.generate(batch + padding)[: len(batch)]
+                for record, pixels, tokens in zip(batch, images, token_counts):
                     record.scores["prompt_tokens"] = tokens
                     done = None
                     if not np.isfinite(pixels).all():

@@ -111,11 +111,26 @@ def _claim(out: Path, manifest: Manifest) -> str:
                 f"'{out}' holds a build of a different manifest (changed: {', '.join(changed[:8])})",
                 fix="use a new --out folder, or delete this one to rebuild from scratch; resuming needs the same manifest",
             )
+        if manifest.images is not None and "listing" not in previous:  # a build.json from before listings were recorded
+            _write_build_file(out, {**previous, "listing": _listing_summary(manifest)})
         return fp
-    tmp = out / f".{BUILD_FILE}.tmp"
-    tmp.write_text(json.dumps({"fingerprint": fp, "tool_version": __version__, "manifest": manifest.identity()}, indent=1))
-    os.rename(tmp, path)
+    recorded = {"fingerprint": fp, "tool_version": __version__, "manifest": manifest.identity()}
+    if manifest.images is not None:
+        recorded["listing"] = _listing_summary(manifest)
+    _write_build_file(out, recorded)
     return fp
+
+
+def _listing_summary(manifest: Manifest) -> dict:
+    """What a finished build needs of its images source's listing (not the paths: the images are copied in)."""
+    listing = manifest.listing
+    return {"kind": listing.kind, "root": listing.root, "count": listing.count, "sha256": listing.sha256}
+
+
+def _write_build_file(out: Path, recorded: dict) -> None:
+    tmp = out / f".{BUILD_FILE}.tmp"
+    tmp.write_text(json.dumps(recorded, indent=1))
+    os.rename(tmp, out / BUILD_FILE)
 
 
 def _diff(a, b, prefix: str = "") -> list[str]:
@@ -129,9 +144,16 @@ def _diff(a, b, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix or "(top level)"]
 
 
-def load_build(out: Path) -> tuple[Manifest, str]:
-    """The manifest a build folder was made from (rebuilt from ``build.json``) and its fingerprint."""
+def load_build(out: Path, verify: bool = True) -> tuple[Manifest, str]:
+    """The manifest a build folder was made from (rebuilt from ``build.json``) and its fingerprint.
+
+    An images source is not listed again when ``build.json`` recorded its listing: the build folder holds
+    copies of the images, so a finished build releases and reviews from any directory, and after its source
+    moved. ``verify`` checks that this version of the tool gives the manifest the fingerprint it had (older
+    build.json files, without the listing, also list the source again).
+    """
     from .manifest import Manifest as _Manifest
+    from .sources import Listing
 
     path = Path(out) / BUILD_FILE
     if not path.is_file():
@@ -145,11 +167,20 @@ def load_build(out: Path) -> tuple[Manifest, str]:
         manifest = _Manifest.model_validate(data)
     except Exception as exc:
         raise OutputDirError(f"the manifest recorded in {path} does not load with this version of build-dataset "
-                             f"({type(exc).__name__})", fix="release it with the version that built it "
+                             f"({type(exc).__name__})", fix="use the version that built it "
                              f"({recorded.get('tool_version', '?')}), or rebuild") from None
+    if manifest.images is not None and "listing" in recorded:
+        manifest.__dict__["listing"] = Listing(**recorded["listing"])  # the cached_property's slot
+    if not verify:
+        return manifest, recorded["fingerprint"]
     if fingerprint(manifest) != recorded["fingerprint"]:
-        raise OutputDirError(f"the inputs of '{out}' changed since it was built (the images source's folder or "
-                             "dataset is not what it listed)", fix="restore the source, or rebuild into a new --out")
+        if manifest.images is not None and "listing" not in recorded:
+            raise OutputDirError(f"the inputs of '{out}' changed since it was built (the images source's folder or "
+                                 "dataset is not what it listed)", fix="restore the source, or rebuild into a new "
+                                 "--out; run from the directory the build ran in if images.folder is relative")
+        raise OutputDirError(f"the manifest recorded in {path} has another fingerprint with this version of "
+                             "build-dataset", fix=f"use the version that built it ({recorded.get('tool_version', '?')})"
+                             ", or rebuild")
     return manifest, recorded["fingerprint"]
 
 

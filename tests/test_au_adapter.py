@@ -112,3 +112,33 @@ def test_build_with_an_adapter_records_it(adapter_dir, write_manifest, tmp_path)
     assert stats["au_adapter"]["path"] == str(adapter_dir) and stats["au_adapter"]["scale"] == 0.8
     assert len(stats["au_adapter"]["sha256"]) == 64
     assert f"AU adapter `{adapter_dir}`" in (out / "README.md").read_text()
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["separate", "fused-qkv"])
+def test_shared_projections_equal_the_two_pass_formula(tiny_model, monkeypatch, fused):
+    """One query and one output projection for text and AU attention compute what the layer's own processor
+    plus the separate AU term compute (the general path, kept for layers that are not plain SDPA)."""
+    import builder.au_adapter as au_adapter
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_model / "unet", local_files_only=True).eval()
+    if fused:
+        unet.fuse_qkv_projections()
+    adapter = AUAdapter.for_unet(unet, DISFA, num_tokens=4, hidden_dim=64, seed=3).eval()
+    adapter.attach(unet)
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, unet.config.in_channels, 16, 16, generator=gen)
+    text = torch.randn(2, 77, unet.config.cross_attention_dim, generator=gen)
+    states = adapter.condition(text, torch.rand(2, len(DISFA), generator=gen) * 5)
+    calls = []
+    shared = au_adapter.AUAttnProcessor._shared
+    monkeypatch.setattr(au_adapter.AUAttnProcessor, "_shared", lambda *a: calls.append(1) or shared(*a))
+    with torch.no_grad():
+        one_pass = unet(latents, 500, encoder_hidden_states=states).sample
+        assert len(calls) == len(adapter.processors), "every cross-attention layer took the shared path"
+        monkeypatch.setattr(au_adapter, "_plain", lambda *a: False)
+        two_pass = unet(latents, 500, encoder_hidden_states=states).sample
+        plain = unet(latents, 500, encoder_hidden_states=text).sample
+    assert len(calls) == len(adapter.processors), "the general path ran the second time"
+    torch.testing.assert_close(one_pass, two_pass, rtol=1e-4, atol=1e-5)
+    assert (one_pass - plain).abs().mean() > 1e-4, "the AU tokens change the output"

@@ -141,6 +141,31 @@ def test_rerun_is_a_no_op_and_a_changed_folder_is_refused(photo_build, capsys, m
         extra.unlink()
 
 
+def test_a_finished_build_releases_from_another_directory(photo_build, tmp_path, capsys, monkeypatch):
+    """images.folder is relative to where the build ran; build.json records the listing, so a release (or
+    review) of the finished build does not need the source, from any directory."""
+    work, out = photo_build
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns(".lock"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert json.loads((copy / "build.json").read_text())["listing"]["count"] == 12
+    assert main(["release", str(copy), "--no-review"]) == 0
+    assert load_from_disk(str(copy / "hf"))["train"].num_rows == load_from_disk(str(out / "hf"))["train"].num_rows
+
+    recorded = json.loads((copy / "build.json").read_text())
+    del recorded["listing"]  # as written before listings were recorded
+    (copy / "build.json").write_text(json.dumps(recorded))
+    capsys.readouterr()
+    assert main(["release", str(copy), "--no-review"]) == 2
+    assert "images.folder 'out/faces' is not a folder" in capsys.readouterr().err
+    monkeypatch.chdir(work)
+    assert main([str(EXAMPLE), "--out", str(copy), "--no-progress"]) == 0  # a resume records it again
+    assert "nothing to do" in capsys.readouterr().err
+    assert json.loads((copy / "build.json").read_text())["listing"] == json.loads((out / "build.json").read_text())["listing"]
+
+
 def test_dry_run_of_an_images_manifest(photo_build, capsys, monkeypatch):
     work, _ = photo_build
     monkeypatch.chdir(work)

@@ -26,10 +26,11 @@ def demo():
     return load_manifest(DEMO)
 
 
-def stage(demo, au_names=None, adapter=None, **speed) -> GenerateStage:
-    from builder.manifest import AUAdapterSpec
+def stage(demo, au_names=None, adapter=None, batch_size=None, **speed) -> GenerateStage:
+    from builder.manifest import AUAdapterSpec, Speed
 
-    update = {"speed": demo.generator.speed.model_copy(update=speed)}
+    update = {"speed": Speed.model_validate({**demo.generator.speed.model_dump(), **speed}),
+              "batch_size": batch_size or demo.generator.batch_size}
     if adapter is not None:
         update["au_adapter"] = AUAdapterSpec(path=str(adapter))
     s = GenerateStage(demo.generator.model_copy(update=update), tuple(au_names or demo.aus.names))
@@ -64,6 +65,27 @@ def test_a_failing_write_fails_the_shard_and_commits_nothing(demo, tmp_path, mon
         run_stage_on_shard(stage(demo, writer_threads=2), ShardStore(tmp_path), 0, shard_specs(demo, 0)[:4])
     assert not ShardStore(tmp_path).is_done("generate", 0)
     assert not list((tmp_path / "shards" / "generate").iterdir()), "staging folder removed"
+
+
+def test_compiled_stage_pads_the_short_last_batch(demo, tmp_path):
+    """With compile on, every batch has batch_size samples (the tail padded with its last sample, images
+    discarded), so compiled graphs never see a new shape; the kept images are the unpadded ones (up to rounding
+    across batch sizes)."""
+    records = shard_specs(demo, 0)[:5]
+    s = stage(demo, batch_size=3)
+    plain = dict(zip([r.sample_id for r in records], [*s.generate(records[:3]), *s.generate(records[3:])]))
+    s.fixed_batch = True  # what setup sets with compile on; compiling itself is tested below (slow)
+    sizes = []
+    generate = s.generate
+    s.generate = lambda batch: sizes.append(len(batch)) or generate(batch)
+    kept = run_stage_on_shard(s, ShardStore(tmp_path), 0, shard_specs(demo, 0)[:5])
+    assert sizes == [3, 3] and [r.sample_id for r in kept] == [r.sample_id for r in records]
+    from PIL import Image
+
+    for r in kept:
+        pixels = np.asarray(Image.open(tmp_path / r.image)) / 255.0
+        assert np.abs(pixels - plain[r.sample_id]).max() <= 1 / 255 + 1e-6, r.sample_id
+    assert ShardStore(tmp_path).stats("generate", 0)["runtime"]["fixed_batch"] is True
 
 
 def test_channels_last_and_fused_projections_change_only_rounding(demo):

@@ -33,7 +33,7 @@ def default_prompt(label_names) -> str:
 
 class FeatureExtractor:
     """``extractor(images)`` -> {'features': [(B, C, h, w)] coarse to fine, 'attention': {(h, w): (B, tokens, h, w)},
-    't': timestep}, float32 on the CPU. ``text`` is the prompt's (1, tokens, D) text-encoder states."""
+    't': timestep}, float32 on the CPU (or the backbone's device). ``text`` is the prompt's (1, tokens, D) text-encoder states."""
 
     def __init__(self, pipe, settings: ExtractSettings):
         self.pipe, self.settings = pipe, settings
@@ -45,15 +45,18 @@ class FeatureExtractor:
         self.text = self._text[:, : self.tokens].float().cpu()
 
     @torch.no_grad()
-    def __call__(self, images) -> dict:
+    def __call__(self, images, on_device: bool = False) -> dict:
+        """``on_device``: leave the float32 features on the backbone's device (labelling) instead of copying
+        them to the CPU (caching for training)."""
         s = self.settings
         pixels = to_pixels(images, s.resolution)
         x_t, t = invert_to(self.pipe, encode(self.pipe, pixels), self._text, s.steps, s.timestep)
         text = self._text.to(x_t.dtype).expand(x_t.shape[0], -1, -1)
         with FeatureTap(self.pipe.unet, self.tokens) as tap:
             self.pipe.unet(x_t, t, encoder_hidden_states=text)
-        return {"features": [f.float().cpu() for f in tap.features],
-                "attention": {hw: a.float().cpu() for hw, a in tap.attention.items()},
+        place = (lambda x: x.float()) if on_device else (lambda x: x.float().cpu())  # noqa: E731
+        return {"features": [place(f) for f in tap.features],
+                "attention": {hw: place(a) for hw, a in tap.attention.items()},
                 "t": t}
 
 

@@ -65,7 +65,7 @@ class FERAnnoLabeller:
         text = self.extractor.text.to(device)
         out = []
         for start in range(0, len(images), self.batch_size):
-            batch = self.extractor(images[start: start + self.batch_size])
+            batch = self.extractor(images[start: start + self.batch_size], on_device=True)
             with torch.no_grad():
                 probs = self.model.predict_proba([f.to(device) for f in batch["features"]],
                                                  {hw: a.to(device) for hw, a in batch["attention"].items()}, text)
