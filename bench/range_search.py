@@ -2,15 +2,18 @@
 
     .venv/bin/python bench/range_search.py [--sizes 10000 30000 100000] [--dims 128 512]
                                            [--thresholds 0.9 0.95] [--nprobe 8 16 32 64]
-                                           [--flat-up-to 100000] [--timeout 600] [--out FILE]
+                                           [--flat-up-to 100000] [--copy-cosine 0.85 1.0]
+                                           [--timeout 600] [--out FILE]
     .venv/bin/python bench/range_search.py --table FILE
 
 The faces are N seeded random unit vectors, ``--dup-share`` of them (default
 10 %) in planted near-duplicate groups of 2 to 5: a source vector and copies
-of it at cosine about U(0.85, 1.0) to it, so pairs inside a group lie on both
-sides of every threshold from 0.72 up. Unrelated random vectors are never that
-similar (cosine about N(0, 1/dim)), so the planted pairs above a threshold are
-all the pairs above it; the exact search is checked against them where it runs.
+of it at cosine about U(0.85, 1.0) to it (``--copy-cosine``), so pairs inside a
+group lie on both sides of every threshold from 0.72 up. Unrelated random
+vectors are never that similar (cosine about N(0, 1/dim)), so the planted pairs
+above a threshold are all the pairs above it; the exact search is checked
+against them where it runs. ``--copy-cosine 0.3 1.0`` with 512-d vectors plants
+pairs down to the thresholds an ArcFace embedder uses (about 0.3 to 0.5).
 
 Each (N, dim) runs in its own subprocess (peak RSS is its own; one that runs
 past ``--timeout`` s is recorded as such). In it: the exact search
@@ -45,9 +48,10 @@ def unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def planted(n: int, dim: int, share: float = 0.1, seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+def planted(n: int, dim: int, share: float = 0.1, seed: int = 0,
+            copy_cosine: tuple[float, float] = (0.85, 1.0)) -> tuple[np.ndarray, list[np.ndarray]]:
     """(N unit vectors, the planted groups as arrays of rows): ``share`` of the rows in groups of 2-5, each a
-    source row and copies at cosine about U(0.85, 1.0) to it."""
+    source row and copies at cosine about U(*copy_cosine) to it."""
     rng = np.random.default_rng(seed)
     x = np.empty((n, dim), np.float32)
     for start in range(0, n, 100_000):  # chunks keep the float64 temporaries small
@@ -59,7 +63,7 @@ def planted(n: int, dim: int, share: float = 0.1, seed: int = 0) -> tuple[np.nda
     groups = [g for g in np.split(members, ends[:-1]) if len(g) >= 2]
     sources = np.concatenate([np.full(len(g) - 1, g[0]) for g in groups])
     copies = np.concatenate([g[1:] for g in groups])
-    cosine = rng.uniform(0.85, 1.0, size=len(copies))
+    cosine = rng.uniform(*copy_cosine, size=len(copies))
     sigma = np.sqrt((1 / cosine**2 - 1) / dim)[:, None]  # expected cosine of unit(v + sigma * noise) to v
     x[copies] = unit(x[sources] + sigma * rng.standard_normal((len(copies), dim)))
     return x, groups
@@ -84,14 +88,15 @@ def recall(found, truth) -> float | None:
     return round(len(truth & set(found)) / len(truth), 5) if truth else None
 
 
-def run_one(n: int, dim: int, thresholds: list[float], probes: list[int], flat_up_to: int, share: float) -> dict:
+def run_one(n: int, dim: int, thresholds: list[float], probes: list[int], flat_up_to: int, share: float,
+            copy_cosine: tuple[float, float] = (0.85, 1.0), tool: bool = False) -> dict:
     import faiss
 
     from curation.embeddings import NPROBE, describe_search, neighbour_dicts, range_neighbours, range_pairs, \
         search_params
     from curation.identity.index import build_index
 
-    x, groups = planted(n, dim, share)
+    x, groups = planted(n, dim, share, copy_cosine=tuple(copy_cosine))
     low = min(thresholds)
     truth = {t: planted_pairs(x, groups, t) for t in thresholds}
     out = {"n": n, "dim": dim, "threads": faiss.omp_get_max_threads(), "planted_groups": len(groups),
@@ -122,17 +127,41 @@ def run_one(n: int, dim: int, thresholds: list[float], probes: list[int], flat_u
         out["flat"]["matches_planted"] = {str(t): flat[t] == truth[t] for t in thresholds}
 
     params = search_params(n, exact_up_to=0, nprobe=NPROBE)
-    started = time.perf_counter()
-    index = build_index(x, params)
-    build_s = time.perf_counter() - started
-    out["ivf"] = {"params": describe_search(params), "build_s": round(build_s, 3), "nprobe": {}}
+    out["ivf"] = {"params": describe_search(params), "nprobe": {}}
+    if probes:
+        started = time.perf_counter()
+        index = build_index(x, params)
+        out["ivf"]["build_s"] = round(time.perf_counter() - started, 3)
     for p in probes:
         faiss.extract_index_ivf(index).nprobe = min(p, params.nlist)
         started = time.perf_counter()
         neighbours = neighbour_dicts(range_pairs(index, x, low), n)
         out["ivf"]["nprobe"][str(p)] = {"search_s": round(time.perf_counter() - started, 3), **score(neighbours)}
+    if tool:
+        out["tool"] = {}
+        for t in thresholds:  # as a stage searches: one range search at t, with the cells probes(t) picks
+            chosen = search_params(n, exact_up_to=0, threshold=t)
+            started = time.perf_counter()
+            found = pairs_of(range_neighbours(x, t, exact_up_to=0), t)
+            reference = flat[t] if flat is not None else truth[t]
+            out["tool"][str(t)] = {"params": describe_search(chosen), "seconds": round(time.perf_counter() - started, 3),
+                                   "pairs": len(found), "recall": recall(found, reference),
+                                   "against": "exact" if flat is not None else "planted"}
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return out
+
+
+def tool_table(results: list[dict]) -> str:
+    """One row per (N, dim, threshold) of the ``--tool`` searches."""
+    lines = ["| N | dim | threshold | search the tool chose | seconds (training included) | pairs | recall |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        for t, e in r.get("tool", {}).items():
+            p = e["params"]
+            name = "exact (flat)" if p["exact"] else f"ivf nlist {p['nlist']:,} nprobe {p['nprobe']}"
+            lines.append(f"| {r['n']:,} | {r['dim']} | {t} | {name} | {e['seconds']:,.1f} | {e['pairs']:,} | "
+                         f"{e['recall']} |")
+    return "\n".join(lines)
 
 
 def table(results: list[dict], thresholds: list[float]) -> str:
@@ -166,9 +195,13 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 30_000, 100_000])
     ap.add_argument("--dims", type=int, nargs="+", default=[128, 512])
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.95])
-    ap.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64])
+    ap.add_argument("--nprobe", type=int, nargs="*", default=[8, 16, 32, 64])
+    ap.add_argument("--tool", action="store_true", help="also search each threshold as the stages do (the "
+                    "cells curation.embeddings.probes picks, or exact), timed with the index's training")
     ap.add_argument("--flat-up-to", type=int, default=100_000, help="largest N searched exactly too")
     ap.add_argument("--dup-share", type=float, default=0.1)
+    ap.add_argument("--copy-cosine", type=float, nargs=2, default=[0.85, 1.0], metavar=("LOW", "HIGH"),
+                    help="planted copies' cosine to their source, uniform in [LOW, HIGH]")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per (N, dim)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "range_search.json")
     ap.add_argument("--table", type=Path, help="print the table of a results file and exit")
@@ -177,9 +210,12 @@ def main(argv=None) -> int:
     if args.table:
         data = json.loads(args.table.read_text())
         print(table(data["results"], data["thresholds"]))
+        if any("tool" in r for r in data["results"]):
+            print("\n" + tool_table(data["results"]))
         return 0
     if args.one:
-        print(json.dumps(run_one(*args.one, args.thresholds, args.nprobe, args.flat_up_to, args.dup_share)))
+        print(json.dumps(run_one(*args.one, args.thresholds, args.nprobe, args.flat_up_to, args.dup_share,
+                                 args.copy_cosine, args.tool)))
         return 0
     import faiss
 
@@ -188,7 +224,8 @@ def main(argv=None) -> int:
         for n in args.sizes:
             cmd = [sys.executable, __file__, "--one", str(n), str(dim), "--thresholds", *map(str, args.thresholds),
                    "--nprobe", *map(str, args.nprobe), "--flat-up-to", str(args.flat_up_to),
-                   "--dup-share", str(args.dup_share)]
+                   "--dup-share", str(args.dup_share), "--copy-cosine", *map(str, args.copy_cosine)] + \
+                (["--tool"] if args.tool else [])
             started = time.perf_counter()
             try:
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, check=True)
@@ -201,12 +238,15 @@ def main(argv=None) -> int:
             print(json.dumps(result), file=sys.stderr, flush=True)
             results.append(result)
     data = {"thresholds": args.thresholds, "nprobe": args.nprobe, "dup_share": args.dup_share,
+            "copy_cosine": args.copy_cosine,
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
                         "faiss": faiss.__version__, "faiss_threads": faiss.omp_get_max_threads()},
             "extrapolated_1m": extrapolate(results), "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(data, indent=1) + "\n")
     print(table(results, args.thresholds))
+    if args.tool:
+        print("\n" + tool_table(results))
     print(f"\nExtrapolated to 1,000,000 faces (seconds): {json.dumps(data['extrapolated_1m'])}")
     return 0
 

@@ -185,7 +185,7 @@ class DedupeStage(GlobalStage):
 
         vectors, positions = self.embeddings.vectors(records, root)
         self.embedded = len(positions)
-        self.search = describe_search(search_params(len(positions)))
+        self.search = describe_search(search_params(len(positions), threshold=self.spec.embedding_similarity))
         threshold = self.spec.embedding_similarity
         kept: set[int] = set()
         for i, neighbours in enumerate(range_neighbours(vectors, threshold)):

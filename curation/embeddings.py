@@ -12,7 +12,9 @@ vector never goes stale within its build folder.
 
 ``range_neighbours`` finds every pair of faces above a similarity: exactly
 (every pair compared) up to ``EXACT_UP_TO`` faces, with an IVF index above,
-which misses a few pairs (``bench/RESULTS.md``) but scales to 10^6 faces.
+which misses a few pairs (``bench/RESULTS.md``) but scales to 10^6 faces. The
+IVF search probes more cells for lower thresholds, and is exact again where
+that would cost as much as comparing every pair (thresholds near 0.4).
 """
 from __future__ import annotations
 
@@ -110,25 +112,48 @@ class FaceEmbeddings:
 EXACT_UP_TO = 50_000
 """Largest face count searched exactly (FAISS ``IndexFlatIP``); above it the search is approximate (IVF)."""
 NPROBE = 32
-"""IVF cells searched per face in the approximate search (``bench/RESULTS.md``: recall of near-duplicate pairs)."""
+"""Fewest IVF cells searched per face in the approximate search (``bench/RESULTS.md``)."""
+PROBE_SHARE_AT_0_8 = 0.015
+"""Share of the IVF cells searched per face at threshold 0.8; it doubles for every 0.1 lower (``probes``)."""
+IVF_COST = 4.3
+"""The IVF search costs about this many times the exact search's per face compared (measured at 10^5 x 512:
+searching 10 % of the cells took 44 % of the exact time, training included, ``bench/RESULTS.md``); from
+``1 / IVF_COST`` of the cells on, the exact search is as cheap."""
 CHUNK = 65536
 
 
-def search_params(count: int, exact_up_to: int | None = None, nprobe: int | None = None):
+def probes(threshold: float | None, nlist: int) -> int:
+    """IVF cells to search per face for pairs at or above ``threshold``: ``PROBE_SHARE_AT_0_8`` of ``nlist`` at 0.8,
+    twice that per 0.1 lower, at least ``NPROBE``. A pair at a low similarity often lies in a distant cell: on
+    random 512-d vectors (the hardest case), 2.5 % of the cells found 99 % of the pairs above 0.6 but 94 % above
+    0.4; the share measured to keep recall about 0.99 or more doubles per 0.1 (``bench/RESULTS.md``)."""
+    if threshold is None:
+        return NPROBE
+    share = PROBE_SHARE_AT_0_8 * 2 ** round(10 * (0.8 - threshold), 6)
+    return int(min(nlist, max(NPROBE, np.ceil(share * nlist))))
+
+
+def search_params(count: int, exact_up_to: int | None = None, nprobe: int | None = None,
+                  threshold: float | None = None):
     """The ``curation.identity.index.IndexParams`` the range search over ``count`` faces uses: ``flat`` (exact) up
     to ``exact_up_to`` faces (default ``EXACT_UP_TO``), else ``ivf`` with about 4 * sqrt(count) cells trained on a
-    seeded sample of 50 per cell (as ``build-dataset index-reference`` builds its ``auto`` index) and ``nprobe``
-    (default ``NPROBE``) cells searched."""
+    seeded sample of 50 per cell (as ``build-dataset index-reference`` builds its ``auto`` index), searching
+    ``nprobe`` cells (default ``probes(threshold, nlist)``). When that many cells would cost about as much as
+    comparing every pair (low thresholds), the search is exact at any size."""
+    from dataclasses import replace
     from types import SimpleNamespace
 
     from .identity.index import IndexParams, resolve_params
 
     exact_up_to = EXACT_UP_TO if exact_up_to is None else exact_up_to
-    nprobe = NPROBE if nprobe is None else nprobe
     if count <= exact_up_to:
         return IndexParams("flat")
-    return resolve_params(SimpleNamespace(type="ivf", auto_threshold=0, nlist=0, train_size=0, nprobe=nprobe,
-                                          seed=0), count)
+    params = resolve_params(SimpleNamespace(type="ivf", auto_threshold=0, nlist=0, train_size=0, nprobe=NPROBE,
+                                            seed=0), count)
+    chosen = probes(threshold, params.nlist) if nprobe is None else nprobe
+    if nprobe is None and chosen * IVF_COST >= params.nlist:
+        return IndexParams("flat")
+    return replace(params, nprobe=min(chosen, params.nlist))
 
 
 def describe_search(params) -> dict:
@@ -144,8 +169,8 @@ def range_neighbours(vectors: np.ndarray, threshold: float, exact_up_to: int | N
 
     Up to ``exact_up_to`` (default ``EXACT_UP_TO``) vectors the search is exact (``IndexFlatIP``, every pair
     compared: O(n^2 d)). Above it, an IVF index (``search_params``) compares each vector only with those in
-    its ``nprobe`` nearest cells (about O(n^1.5 d)), so a pair whose two vectors fall in different cells can be
-    missed (``bench/range_search.py`` measures how rarely); a pair found from either side is given to both, and
+    its ``nprobe`` nearest cells (about O(n^1.5 d); more cells for lower thresholds, ``probes``), so a pair whose
+    two vectors fall in far-apart cells can be missed (``bench/range_search.py`` measures how rarely); a pair found from either side is given to both, and
     no pair below ``threshold`` is ever returned. Either way the same vectors in the same order give the
     same neighbours on every run (seeded training; pairs sorted), on the same FAISS build and thread count."""
     import faiss
@@ -153,7 +178,7 @@ def range_neighbours(vectors: np.ndarray, threshold: float, exact_up_to: int | N
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     if len(x) == 0:
         return []
-    params = search_params(len(x), exact_up_to, nprobe)
+    params = search_params(len(x), exact_up_to, nprobe, threshold)
     if params.type == "ivf":
         from .identity.index import build_index
 

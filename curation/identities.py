@@ -99,7 +99,7 @@ class IdentitiesStage(GlobalStage):
         largest = sorted(members.values(), key=lambda g: (-len(g), g[0].index))[:self.spec.largest]
         self.report = {
             "without_face": len(records) - len(positions),
-            "face_search": describe_search(search_params(len(positions))),
+            "face_search": describe_search(search_params(len(positions), threshold=self.spec.threshold)),
             "before": diversity(before),
             "after": diversity([n for n in after if n]),
             "largest": [{"identity": g[0].sample_id, "images": len(g),

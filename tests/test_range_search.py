@@ -14,20 +14,20 @@ from builder.manifest import Dedupe, Identities
 from builder.records import Record
 from curation import embeddings
 from curation.dedupe import DedupeStage
-from curation.embeddings import EXACT_UP_TO, NPROBE, range_neighbours, search_params
+from curation.embeddings import EXACT_UP_TO, NPROBE, probes, range_neighbours, search_params
 from curation.identities import IdentitiesStage
 
 THRESHOLD = 0.9
 
 
-def planted(n: int, dim: int = 128, share: float = 0.3, seed: int = 0) -> np.ndarray:
+def planted(n: int, dim: int = 128, share: float = 0.3, seed: int = 0, low: float = 0.85) -> np.ndarray:
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, dim))
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     members = rng.permutation(n)[:int(n * share)]
     for group in np.split(members, np.cumsum(rng.integers(2, 6, size=len(members)))):
         for copy in group[1:]:
-            sigma = np.sqrt((1 / rng.uniform(0.85, 1.0) ** 2 - 1) / dim)
+            sigma = np.sqrt((1 / rng.uniform(low, 1.0) ** 2 - 1) / dim)
             v = x[group[0]] + sigma * rng.standard_normal(dim)
             x[copy] = v / np.linalg.norm(v)
     return x.astype(np.float32)
@@ -62,7 +62,7 @@ def test_exact_search_up_to_the_cutoff(faces):
 def test_approximate_search_finds_the_near_duplicates_and_nothing_below_the_threshold(faces):
     x, exact = faces
     truth = pairs(exact)
-    approx = range_neighbours(x, THRESHOLD, exact_up_to=1000)
+    approx = range_neighbours(x, THRESHOLD, exact_up_to=1000, nprobe=NPROBE)  # 32 of 76 cells: IVF, if no cheaper
     found = pairs(approx)
     assert len(set(found) & set(truth)) >= 0.99 * len(truth)
     assert set(found) <= set(truth)
@@ -71,7 +71,8 @@ def test_approximate_search_finds_the_near_duplicates_and_nothing_below_the_thre
     assert np.abs(np.einsum("ij,ij->i", x[rows[:, 0]], x[rows[:, 1]]) - np.array(list(found.values()))).max() < 1e-5
     assert all(i in approx[j] and approx[j][i] == s for i, near in enumerate(approx) for j, s in near.items())
     # it is approximate: searching one cell of the 76 per face misses pairs (still none below the threshold)
-    assert search_params(3000, exact_up_to=1000).nlist == 76
+    assert search_params(3000, exact_up_to=1000, nprobe=NPROBE).nlist == 76
+    assert search_params(3000, exact_up_to=1000).type == "flat", "left to choose, 32 of 76 cells cost as much as exact"
     narrow = pairs(range_neighbours(x, THRESHOLD, exact_up_to=1000, nprobe=1))
     assert set(narrow) < set(truth) and len(narrow) >= 0.95 * len(truth) and min(narrow.values()) > THRESHOLD
 
@@ -144,7 +145,8 @@ def test_stages_record_which_search_they_used(faces, tmp_path, monkeypatch):
     for lines, (meta, _), (meta_approx, _) in ((_dedupe_lines, exact[0], approx[0]),
                                                (_identities_lines, exact[1], approx[1])):
         assert "approximate" not in " ".join(lines(meta))
-        assert "the pair search was approximate (FAISS IVF, 4 of 30 cells probed)" in " ".join(lines(meta_approx))
+        assert "the pair search was approximate (FAISS IVF, 4 of 30 cells probed, more for lower thresholds)" \
+            in " ".join(lines(meta_approx))
     dropped = sum(reason == "embedding_duplicate" for reason, _ in exact[0][1].values())
     assert dropped > 50 and exact[0][0]["faces_embedded"] == 1200
     assert exact[1][0]["before"]["identities"] == 1200 - dropped
@@ -160,3 +162,30 @@ def test_a_pair_exactly_at_the_threshold_is_found():
     for exact_up_to in (10, 0):
         found = range_neighbours(np.stack([a, b, -a]), threshold, exact_up_to=exact_up_to, nprobe=1)
         assert found[0] == {1: pytest.approx(threshold)} and found[1] == {0: pytest.approx(threshold)}
+
+
+def test_lower_thresholds_probe_more_cells_and_fall_back_to_exact():
+    assert probes(None, 4000) == NPROBE
+    assert [probes(t, 4000) for t in (0.95, 0.9, 0.8, 0.7, 0.6, 0.5)] == [NPROBE, NPROBE, 60, 120, 240, 480]
+    assert probes(0.1, 100) == 100, "never more cells than there are"
+    n = 1_000_000
+    assert [search_params(n, threshold=t).nprobe for t in (0.9, 0.8, 0.6)] == [NPROBE, 60, 240]
+    assert search_params(n, threshold=0.4).type == "flat", "as costly as exact there: exact"
+    assert search_params(n, threshold=0.4, nprobe=16).nprobe == 16, "an explicit nprobe is kept"
+
+
+def test_low_similarity_pairs_are_found_by_probing_more_cells(monkeypatch):
+    """Pairs down to cosine 0.3 (ArcFace-like thresholds) in 512-d: a fixed small probe count misses many of the
+    pairs above 0.5 (1 cell of 76); the count ``probes`` picks for 0.5 (10) finds them again, and 0.4 is searched exactly."""
+    x = planted(3000, dim=512, low=0.3)
+    monkeypatch.setattr(embeddings, "NPROBE", 2)  # the floor, so that the share decides at this size (76 cells)
+    exact = {t: set(pairs(range_neighbours(x, t))) for t in (0.4, 0.5)}
+    assert len(exact[0.5]) > 300
+    fixed = set(pairs(range_neighbours(x, 0.5, exact_up_to=1000, nprobe=1)))
+    chosen = search_params(3000, exact_up_to=1000, threshold=0.5)
+    assert (chosen.type, chosen.nlist, chosen.nprobe) == ("ivf", 76, 10)
+    more = set(pairs(range_neighbours(x, 0.5, exact_up_to=1000)))
+    assert fixed <= exact[0.5] and more <= exact[0.5]
+    assert len(fixed) < 0.9 * len(exact[0.5]) and len(more) >= 0.99 * len(exact[0.5])  # measured 0.83 and 0.997
+    assert search_params(3000, exact_up_to=1000, threshold=0.4).type == "flat"
+    assert set(pairs(range_neighbours(x, 0.4, exact_up_to=1000))) == exact[0.4]

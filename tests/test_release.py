@@ -152,3 +152,25 @@ def test_hub_metadata_rules_catch_bad_values():
         assert needle in text, needle
     assert validate_metadata({"license": "other", "size_categories": "n<1K"}) == []
     assert validate_card_text("no metadata") == ["the card has no YAML metadata block"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(seed=m["seed"] + 1), "has another fingerprint with this version of build-dataset"),
+    (lambda m: m.update(colour="blue"), "does not load with this version of build-dataset (ValidationError)"),
+], ids=["other-fingerprint", "unknown-field"])
+def test_a_build_json_this_version_reads_differently_is_refused(release_out, tmp_path, capsys, edit, message):
+    """As when a newer version of the tool would rebuild the recorded manifest into another dataset: releasing
+    again is refused, naming the version that built it, and nothing is written."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(release_out, copy, ignore=shutil.ignore_patterns(".lock"))
+    recorded = json.loads((copy / "build.json").read_text())
+    edit(recorded["manifest"])
+    (copy / "build.json").write_text(json.dumps(recorded))
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["release", str(copy), "--no-review"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and f"use the version that built it ({recorded['tool_version']})" in err
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
