@@ -70,6 +70,7 @@ class AUAttnProcessor(nn.Module):
         self.num_tokens, self.text_tokens = num_tokens, text_tokens
         self.scale = 1.0
         self.base = None  # the layer's original processor, set on attach (not a parameter)
+        self.sdpa_base = False  # whether it is diffusers' SDPA processor (set on attach)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         length = encoder_hidden_states.shape[1]
@@ -82,7 +83,7 @@ class AUAttnProcessor(nn.Module):
         au = encoder_hidden_states[:, self.text_tokens :]
         if self.scale == 0:
             return self.base(attn, hidden_states, text, attention_mask, temb)
-        if _plain(attn, self.base, hidden_states, attention_mask):
+        if _plain(attn, self.sdpa_base, hidden_states, attention_mask):
             return self._shared(attn, hidden_states, text, au)
         out = self.base(attn, hidden_states, text, attention_mask, temb)
         mixed, _ = self._au_attention(attn, attn.to_q(hidden_states), au)
@@ -111,13 +112,17 @@ class AUAttnProcessor(nn.Module):
         return mixed.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype), split
 
 
-SDPA_PROCESSORS = ("AttnProcessor2_0", "FusedAttnProcessor2_0")
+def _is_sdpa(processor) -> bool:
+    """Exactly diffusers' SDPA attention processor (a subclass may compute more)."""
+    from diffusers.models.attention_processor import AttnProcessor2_0, FusedAttnProcessor2_0
+
+    return type(processor) in (AttnProcessor2_0, FusedAttnProcessor2_0)
 
 
-def _plain(attn, base, hidden_states, attention_mask) -> bool:
+def _plain(attn, sdpa_base: bool, hidden_states, attention_mask) -> bool:
     """Whether the layer's processor is diffusers' SDPA attention with nothing around it (as in every SD 1.x/2.x
     cross-attention layer), so ``_shared`` computes what it would."""
-    return (type(base).__name__ in SDPA_PROCESSORS and attention_mask is None and hidden_states.ndim == 3
+    return (sdpa_base and attention_mask is None and hidden_states.ndim == 3
             and attn.spatial_norm is None and attn.group_norm is None and not attn.norm_cross
             and attn.norm_q is None and attn.norm_k is None and not attn.residual_connection)
 
@@ -197,6 +202,7 @@ class AUAdapter(nn.Module):
             proc = self.processors[_key(name)]
             if proc.base is None:
                 proc.__dict__["base"] = attn.processor  # a plain reference, never a submodule
+                proc.sdpa_base = _is_sdpa(attn.processor)
             attn.set_processor(proc)
 
     def set_scale(self, scale: float) -> None:
