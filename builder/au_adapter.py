@@ -159,23 +159,25 @@ class AUAdapter(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> AUAdapter:
-        from safetensors.torch import load_file
+        """Load a saved adapter: the config validated field by field, the weights from safetensors only (a
+        pickled, truncated or mismatched file is a ``ModelLoadError`` naming the file)."""
+        from .references import AUAdapterConfigFile, load_safetensors, read_json_config
 
         folder = Path(folder)
         config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
         if not config_path.is_file() or not weights_path.is_file():
-            raise ModelLoadError(f"'{folder}' is not an AU adapter folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})",
+            raise ModelLoadError(f"is not an AU adapter folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})",
+                                 file=str(folder),
                                  fix="point generator.au_adapter.path at the output of `build-dataset train-au-adapter`")
-        try:
-            config = AUAdapterConfig(**json.loads(config_path.read_text()))
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise ModelLoadError(f"{config_path}: not a valid AU adapter config ({exc})",
-                                 fix="re-save the adapter with this version of the tool") from None
+        fix = "re-save the adapter with `build-dataset train-au-adapter` (this version of the tool)"
+        checked = read_json_config(config_path, AUAdapterConfigFile, "AU adapter config", fix)
+        config = AUAdapterConfig(**checked.model_dump())
+        state = load_safetensors(weights_path, fix)
         adapter = cls(config)
         try:
-            adapter.load_state_dict(load_file(weights_path), strict=True)
+            adapter.load_state_dict(state, strict=True)
         except (RuntimeError, OSError) as exc:
-            raise ModelLoadError(f"{weights_path}: weights do not match its config ({str(exc).splitlines()[0]})",
+            raise ModelLoadError(f"weights do not match its config ({str(exc).splitlines()[0]})", file=str(weights_path),
                                  fix="re-save the adapter; config and weights must come from the same run") from None
         return adapter
 

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import UserError
+from .errors import UserError, is_storage_fault, storage_error, storage_fault
 
 SUBCOMMANDS = ("validate", "schema", "train-au-adapter", "train-feranno", "index-reference", "models", "release",
                "review", "push", "evaluate")
@@ -48,22 +48,42 @@ def _build_parser() -> argparse.ArgumentParser:
                    "HOST:6379; the build folder must be on storage every node sees); default: a local Ray")
     p.add_argument("--ray-actors", type=int, metavar="N", help="with --executor ray: number of actors (default: "
                    "one per GPU, or one per CPU without GPUs)")
+    p.add_argument("--allow-empty", action="store_true", help="release even when every sample was dropped "
+                   "(otherwise exit 2 with what each stage dropped)")
+    p.add_argument("--trust-remote-code", action="store_true", help="let classifier configs (guide, experts) "
+                   "name nn.Module classes outside torch and this tool; off by default, because importing a class "
+                   "runs its package's code: use it only for configs whose code you trust")
+    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads in every worker (default: the "
+                   "count the build started with, recorded in build.json; a new build records this machine's "
+                   "default). CPU pixels depend on it")
     p.add_argument("--version", action="version", version=f"build-dataset {__version__}")
     return p
 
 
 def _validate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="build-dataset validate", description="Check a manifest and exit.")
+    p = argparse.ArgumentParser(prog="build-dataset validate", description="Check a manifest and every model it "
+                                "refers to (files, folders, configs, registry names, the Hub cache when offline) "
+                                "without loading any model, and exit; all bad references are listed at once.")
     p.add_argument("manifest", type=Path)
+    p.add_argument("--trust-remote-code", action="store_true", help="accept classifier configs (guide, experts) "
+                   "that name nn.Module classes outside torch and this tool, as the build does with this flag (their "
+                   "module is then imported to check the class; without the flag such a config is refused and "
+                   "nothing is imported)")
     return p
 
 
 def _schema_parser() -> argparse.ArgumentParser:
+    from .schema import CONFIGS
+
     p = argparse.ArgumentParser(prog="build-dataset schema",
-                                description="Print the manifest JSON schema, or write/check the schemas in manifests/.")
+                                description="Print a JSON schema (from the models: works wherever the tool is "
+                                "installed), or write/check every schema file in a source checkout's manifests/.")
+    p.add_argument("--config", choices=sorted(CONFIGS), default="manifest",
+                   help="which file's schema to print: the synthesis manifest (default), a command's config, "
+                   "or a guide/expert classifier config")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--write", action="store_true", help="write manifests/schema.json")
-    g.add_argument("--check", action="store_true", help="exit 1 if manifests/schema.json is stale")
+    g.add_argument("--write", action="store_true", help="checkout only: write every schema into manifests/")
+    g.add_argument("--check", action="store_true", help="checkout only: exit 1 if a schema in manifests/ is stale")
     return p
 
 
@@ -104,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc.render()}", file=sys.stderr)
         return exc.exit_code
+    except Exception as exc:  # a full disk or read-only folder anywhere, maybe wrapped by a library
+        if not is_storage_fault(exc):
+            raise
+        error = storage_error(exc, storage_fault(exc).filename or ".")
+        print(f"error: {error.render()}", file=sys.stderr)
+        return error.exit_code
     except KeyboardInterrupt:
         print("\ninterrupted: finished shards are kept; run the same command again to resume", file=sys.stderr)
         return 130
@@ -119,6 +145,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.manifest)
     out = args.out or Path("out") / manifest.name
     executor = _executor(args)
+    from .references import require_references
+
+    require_references(manifest, args.trust_remote_code, file=args.manifest)  # build() checks again, naming no file
     if args.dry_run:
         from .plan import format_plan, make_plan, plan_json
 
@@ -129,10 +158,15 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if args.json:
         raise UserError("--json only applies to --dry-run", fix="add --dry-run, or drop --json")
 
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1 (got {args.threads})", fix="give a positive number")
     _quiet_libraries(progress=not args.no_progress)
+    from .options import RunOptions
     from .run import build
 
-    result = build(manifest, out, executor=executor, progress=not args.no_progress, log=_log)
+    options = RunOptions(trust_remote_code=args.trust_remote_code, threads=args.threads)
+    result = build(manifest, out, executor=executor, progress=not args.no_progress, log=_log, options=options,
+                   allow_empty=args.allow_empty)
     stats = result.stats or {}
     released = stats.get("released", {})
     splits = ", ".join(f"{k} {v}" for k, v in released.get("splits", {}).items())
@@ -166,40 +200,33 @@ def _cmd_evaluate(argv: list[str]) -> int:
 
 def _cmd_release(argv: list[str]) -> int:
     """Release a finished build again with the reviewer's decisions: FiftyOne tags, or a decisions file."""
-    import json
-
     p = argparse.ArgumentParser(prog="build-dataset release", description="Apply review decisions (the 'reject' "
                                 "and 'relabel:<class>' tags set in the FiftyOne App by `build-dataset review`, or "
                                 "a JSON file) and write the dataset, card and stats again. Shards are not touched.")
     p.add_argument("out", type=Path, help="a finished build folder")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--decisions", type=Path, help='JSON {"decisions": {sample_id: "reject" | "relabel:<class>"}} '
-                   "instead of the FiftyOne tags")
+                   "instead of the FiftyOne tags; merged with earlier decisions files (a contradiction is refused)")
     g.add_argument("--no-review", action="store_true", help="drop earlier review decisions and release without")
     p.add_argument("--name", help="FiftyOne dataset name (default: the one `build-dataset review` made)")
+    p.add_argument("--allow-empty", action="store_true", help="release even when no sample is left")
     args = p.parse_args(argv)
     _quiet_libraries(progress=False)
-    from curation.review import REVIEW_FILE, ReviewStage
+    from curation.review import REVIEW_FILE, add_decisions_file
 
-    from .run import load_build, release_again
+    from .run import release_again
 
-    manifest, _ = load_build(args.out)
-    target = args.out / REVIEW_FILE
-    if args.no_review:
-        target.unlink(missing_ok=True)
-    elif args.decisions is not None:
-        stage = ReviewStage.from_file(args.decisions, manifest.labels.names)  # validated before anything changes
-        tmp = target.with_name(f".{REVIEW_FILE}.tmp")
-        raw = {sid: ("reject" if label is None else f"relabel:{manifest.labels.names[label]}")
-               for sid, label in stage.decisions.items()}
-        tmp.write_text(json.dumps({"dataset": stage.dataset or str(args.decisions), "decisions": raw},
-                                  indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, target)
-    else:
-        from cards.review import collect_review
+    def apply_review(manifest) -> None:  # under the build's lock, after its checks: a refusal writes nothing
+        if args.no_review:
+            (args.out / REVIEW_FILE).unlink(missing_ok=True)
+        elif args.decisions is not None:
+            add_decisions_file(args.out, manifest, args.decisions)
+        else:
+            from cards.review import collect_review
 
-        collect_review(args.out, name=args.name)
-    stats = release_again(args.out, log=_log)
+            collect_review(args.out, name=args.name)
+
+    stats = release_again(args.out, log=_log, review=apply_review, allow_empty=args.allow_empty)
     review = stats["stages"].get("review", {}).get("meta")
     _log(f"released {stats['released']['total']} images"
          + (f"; review: {review['rejected']} rejected, {review['relabelled']} relabelled" if review else
@@ -228,9 +255,11 @@ def _cmd_review(argv: list[str]) -> int:
 
 def _cmd_validate(argv: list[str]) -> int:
     from .manifest_loader import load_manifest
+    from .references import require_references
 
     args = _validate_parser().parse_args(argv)
     manifest = load_manifest(args.manifest)
+    require_references(manifest, args.trust_remote_code, file=args.manifest)
     print(f"{args.manifest}: ok ({manifest.total} samples, {manifest.num_shards()} shards)")
     return 0
 
@@ -285,19 +314,24 @@ def _cmd_models(argv: list[str]) -> int:
             print(f"{row['name']}  [{row['kind']}]  {row['license']}  {row['status']}\n"
                   f"    source: {row['source']}\n    sha256: {row['sha256']}\n    {row['description']}")
         return 0
-    print(fetch(args.name))
+    from .registry import lookup
+
+    print(fetch(lookup(args.name, field="models fetch")))
     return 0
 
 
 def _cmd_schema(argv: list[str]) -> int:
-    from .schema import SCHEMAS, schema_text
+    from .schema import CONFIGS, checkout_manifests, schema_text
 
     args = _schema_parser().parse_args(argv)
     if not (args.write or args.check):
-        sys.stdout.write(schema_text())
+        model, title, _ = CONFIGS[args.config]
+        sys.stdout.write(schema_text(model, title))
         return 0
+    manifests = checkout_manifests()
     stale = 0
-    for path, (model, title) in SCHEMAS.items():
+    for model, title, file in CONFIGS.values():
+        path = manifests / file
         text = schema_text(model, title)
         if args.write:
             path.parent.mkdir(parents=True, exist_ok=True)

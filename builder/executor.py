@@ -12,27 +12,31 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from .errors import OutputDirError
 from .expand import shard_bounds, shard_specs
 from .manifest import Manifest
+from .options import RunOptions, apply_threads
 from .pipeline import shard_stages, stage_names
 from .shards import ShardStore, run_stage_on_shard
-from .errors import OutputDirError
 from .stage import Stage
 
 
 class ShardTask:
     """Run every unfinished stage of one shard (or of the stages ``span`` = (start, stop) selects)."""
 
-    def __init__(self, manifest: Manifest, root: Path, span: tuple[int, int] | None = None):
+    def __init__(self, manifest: Manifest, root: Path, span: tuple[int, int] | None = None,
+                 options: RunOptions | None = None):
         self.manifest = manifest
         self.root = Path(root)
+        self.options = options or RunOptions()
         self.stage_names = stage_names(manifest)
         self.span = tuple(span) if span is not None else (0, len(self.stage_names))
         self._stages: list[Stage] | None = None
         self._ready: set[str] = set()
 
     def __getstate__(self) -> dict:
-        return {"manifest": self.manifest, "root": self.root, "stage_names": self.stage_names, "span": self.span}
+        return {"manifest": self.manifest, "root": self.root, "stage_names": self.stage_names, "span": self.span,
+                "options": self.options}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state, _stages=None, _ready=set())
@@ -40,12 +44,12 @@ class ShardTask:
     def stages(self) -> list[Stage]:
         """Every shard stage of the manifest (not only the span); construction is cheap, models load in setup."""
         if self._stages is None:
-            self._stages = shard_stages(self.manifest)
+            self._stages = shard_stages(self.manifest, self.options)
         return self._stages
 
     def part(self, start: int, stop: int) -> ShardTask:
         """The same task restricted to stages ``start:stop``; the stage before ``start`` must be done first."""
-        return ShardTask(self.manifest, self.root, (start, stop))
+        return ShardTask(self.manifest, self.root, (start, stop), self.options)
 
     def pending(self, shard: int) -> bool:
         store = ShardStore(self.root)
@@ -66,6 +70,7 @@ class ShardTask:
             if records is None:
                 records = store.kept(previous, shard) if previous else shard_specs(self.manifest, shard)
             if stage.name not in self._ready:
+                apply_threads(self.options.threads)
                 stage.setup()
                 check_meta_matches(stage, store, self.manifest.num_shards())
                 self._ready.add(stage.name)

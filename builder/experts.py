@@ -78,17 +78,17 @@ class FERAnnoExpert:
                 "feranno": {k: v for k, v in info.items() if k not in ("path", "sha256", "label_names")}}
 
 
-def load_experts(specs, device: str = "cpu") -> list[Expert]:
+def load_experts(specs, device: str = "cpu", trust_remote_code: bool = False) -> list[Expert]:
     """Experts from manifest ``labelling.experts`` entries (model files fetched and hashed)."""
     from .store import load_fer_classifier, model_sha256
 
-    return [Expert(spec.name, load_fer_classifier(spec.model).to(device), spec.weight, spec.model,
-                   model_sha256(spec.model)) for spec in specs]
+    return [Expert(spec.name, load_fer_classifier(spec.model, trust_remote_code=trust_remote_code).to(device),
+                   spec.weight, spec.model, model_sha256(spec.model)) for spec in specs]
 
 
-def load_labellers(spec, device: str = "cpu") -> list:
+def load_labellers(spec, device: str = "cpu", trust_remote_code: bool = False) -> list:
     """Every labeller of a manifest's ``labelling`` section, in pooling order: the experts, then FERAnno."""
-    labellers: list = load_experts(spec.experts, device)
+    labellers: list = load_experts(spec.experts, device, trust_remote_code)
     if spec.feranno is not None:
         from .errors import UserError
         from .feranno.labeller import FERAnnoLabeller

@@ -39,8 +39,9 @@ class GenerateStage(Stage):
         return device_resources(self.spec.device)
 
     def __init__(self, spec: Generator, au_names: tuple[str, ...] = (), label_names: tuple[str, ...] = (),
-                 seed: int = 0):
+                 seed: int = 0, trust_remote_code: bool = False):
         self.spec = spec
+        self.trust_remote_code = trust_remote_code
         self.seed = seed
         self.layout = None
         self.au_names = tuple(au_names)
@@ -82,7 +83,8 @@ class GenerateStage(Stage):
         from .store import load_fer_classifier, model_sha256
 
         g = self.spec.guidance
-        self.guide = load_fer_classifier(g.classifier).to(self.pipe.unet.device)
+        self.guide = load_fer_classifier(g.classifier, trust_remote_code=self.trust_remote_code).to(
+            self.pipe.unet.device)
         indices, missing = align_labels(self.guide.labels, self.label_names)
         self.guide_targets = dict(enumerate(indices))
         self.guide_provenance = {"classifier": g.classifier, "sha256": model_sha256(g.classifier),

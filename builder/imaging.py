@@ -10,6 +10,8 @@ def to_pixels(images, resolution: int) -> torch.Tensor:
     tensor (B, 3, H, W) in [0, 1]; shorter side resized to R (bicubic), centre crop."""
     from PIL import Image
 
+    from .image_io import to_rgb8
+
     if isinstance(images, torch.Tensor) and images.ndim == 4:
         images = list(images)
     if isinstance(images, np.ndarray) and images.ndim == 4:
@@ -17,9 +19,9 @@ def to_pixels(images, resolution: int) -> torch.Tensor:
     out = []
     for image in images:
         if isinstance(image, Image.Image):
-            out.append(square_pixels(image.convert("RGB"), resolution))
+            out.append(square_pixels(to_rgb8(image), resolution))
         elif isinstance(image, np.ndarray) and image.dtype == np.uint8:
-            out.append(square_pixels(Image.fromarray(image).convert("RGB"), resolution))
+            out.append(square_pixels(to_rgb8(Image.fromarray(image)), resolution))
         else:
             chw = torch.as_tensor(image, dtype=torch.float32)
             if chw.ndim == 3 and chw.shape[0] != 3 and chw.shape[-1] == 3:

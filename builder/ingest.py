@@ -1,22 +1,44 @@
 """The 'ingest' stage of an ``images`` source: copy each listed image into the build, or drop it.
 
-A readable image is copied byte for byte (its format kept), except that a
-photo with an EXIF orientation other than 1 is stored upright as PNG, so face
-detection and the released image see it the way viewers show it. Dataset rows
-are stored as PNG. The build folder then holds every image it releases, and a
-later change to the source cannot alter a finished shard. Drop reasons:
-``missing_image`` (listed, then gone) and ``unreadable_image`` (not a decodable
-image).
+A readable image is stored so that its bytes show what the labellers see (``builder.image_io.to_rgb8``):
+a file in a format released as is (``image_io.RELEASED_AS_IS``: PNG, JPEG, WebP) holding upright 8-bit RGB
+or grey pixels is copied byte for byte under its format's suffix; any other file (GIF, TIFF, BMP, 16-bit,
+transparency, an EXIF rotation, several frames) and every dataset row is stored as the 8-bit RGB PNG of
+``to_rgb8``. The build folder then holds every image it releases, and a later change to the source cannot
+alter a finished shard.
+
+Drop reasons, for the source image only: ``missing_image`` (listed, then gone), ``link_outside_folder``
+(it became a link out of ``images.folder`` after the listing), ``corrupt_image`` (cut, garbled, or a tail
+the decoder filled in: ``image_io.read_checked``) and ``unreadable_image`` (not a decodable image). A
+failure to write into the build folder is no drop: it stops the run with a ``StorageError`` and the shard
+is not committed, so the same command redoes it once the fault is cleared.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import storage_error
+from .image_io import CorruptImage, kept_suffix, read_checked, to_rgb8
 from .records import Drop, Record
+from .sources import inside
 from .stage import ShardContext, Stage
 
-EXIF_ORIENTATION = 0x0112
+
+class _Outside(Exception):
+    """A listed path that now resolves outside ``images.folder``."""
+
+
+@dataclass
+class _Source:
+    """What a record's image becomes: its bytes kept under ``suffix``, or ``rgb`` stored as PNG."""
+
+    width: int
+    height: int
+    data: bytes | None = None
+    suffix: str | None = None
+    rgb: object = None
 
 
 class IngestStage(Stage):
@@ -33,49 +55,77 @@ class IngestStage(Stage):
         from .sources import open_dataset
 
         if self.spec.dataset is not None:
-            self.dataset = open_dataset(self.spec)
+            self.dataset = _undecoded(open_dataset(self.spec), self.spec.image_column)
 
     def meta(self) -> dict:
         listing = self.listing
-        return {"kind": listing.kind, "root": listing.root, "count": listing.count, "listing_sha256": listing.sha256}
+        meta = {"kind": listing.kind, "root": listing.root, "count": listing.count, "listing_sha256": listing.sha256}
+        if skipped := listing.reported_skips():
+            meta["skipped"] = skipped
+        return meta
 
     def process(self, records: list[Record], ctx: ShardContext) -> Iterator[Record]:
         for record in records:
             try:
-                self._ingest(record, ctx)
+                source = self._read(record)
             except FileNotFoundError as exc:
                 record.drop = Drop(self.name, "missing_image", f"{exc.filename or record.source} is gone")
-            except Exception as exc:  # a bad sample is counted and skipped, never a crash
+            except _Outside as exc:
+                record.drop = Drop(self.name, "link_outside_folder", str(exc))
+            except CorruptImage as exc:
+                record.drop = Drop(self.name, "corrupt_image", str(exc))
+            except Exception as exc:  # a bad source image is counted and skipped, never a crash
                 record.drop = Drop(self.name, "unreadable_image", f"{type(exc).__name__}: {exc}")
+            else:
+                self._store(record, ctx, source)  # a write error stops the run (StorageError), never a drop
             yield record
 
-    def _ingest(self, record: Record, ctx: ShardContext) -> None:
-        from PIL import Image, ImageOps
-
+    def _read(self, record: Record) -> _Source:
+        """Read and decode the record's source image (every failure here is the sample's)."""
         if self.dataset is not None:
-            image = self.dataset[int(record.source)][self.spec.image_column]
-            if not isinstance(image, Image.Image):
-                raise TypeError(f"row {record.source} holds {type(image).__name__}, not an image")
-            image.load()
-            self._save(record, ctx, image.convert("RGB"), ".png")
-            return
+            rgb = to_rgb8(self._row_image(int(record.source)))
+            return _Source(rgb.width, rgb.height, rgb=rgb)
         path = Path(self.listing.root) / record.source
+        if not self.spec.follow_links_outside and not inside(path, self.listing.root):
+            raise _Outside(f"{record.source} now resolves to {path.resolve()}, outside images.folder")
         data = path.read_bytes()
-        with Image.open(path) as im:
-            im.load()  # decodes the whole file: truncated or corrupt images fail here
-            width, height = im.size
-            if im.getexif().get(EXIF_ORIENTATION, 1) != 1:
-                upright = ImageOps.exif_transpose(im).convert("RGB")
-                self._save(record, ctx, upright, ".png")
-                return
-        target, stored = ctx.output_path(f"images/{record.sample_id}{path.suffix.lower()}")
-        target.write_bytes(data)
-        record.image = stored
-        record.scores.update(width=float(width), height=float(height))
+        image = read_checked(data)
+        suffix = kept_suffix(image, data, path.suffix)
+        if suffix is not None:
+            return _Source(image.width, image.height, data=data, suffix=suffix)
+        rgb = to_rgb8(image)
+        return _Source(rgb.width, rgb.height, rgb=rgb)
+
+    def _row_image(self, row: int):
+        """Row ``row``'s image (its encoded bytes, or the file its path names, as ``datasets`` would read it),
+        decoded and checked like a file."""
+        value = self.dataset[row][self.spec.image_column]
+        if isinstance(value, dict) and (value.get("bytes") or value.get("path")):
+            return read_checked(value["bytes"] or Path(value["path"]).read_bytes())
+        raise TypeError(f"row {row} holds {type(value).__name__}, not an image")
 
     @staticmethod
-    def _save(record: Record, ctx: ShardContext, image, suffix: str) -> None:
-        target, stored = ctx.output_path(f"images/{record.sample_id}{suffix}")
-        image.save(target, format="PNG")
+    def _store(record: Record, ctx: ShardContext, source: _Source) -> None:
+        """Write the image into the shard's staging folder; any OSError is the build folder's, a StorageError."""
+        relative = f"images/{record.sample_id}{source.suffix or '.png'}"
+        target = ctx.staging / relative
+        try:
+            target, stored = ctx.output_path(relative)
+            if source.data is not None:
+                target.write_bytes(source.data)
+            else:
+                source.rgb.save(target, format="PNG")
+        except OSError as exc:
+            exc.filename = exc.filename or str(target)
+            raise storage_error(exc, ctx.root) from None
         record.image = stored
-        record.scores.update(width=float(image.width), height=float(image.height))
+        record.scores.update(width=float(source.width), height=float(source.height))
+
+
+def _undecoded(dataset, column: str):
+    """``dataset`` with its Image column left encoded ({bytes, path}), so rows are checked like files; another
+    column type is left as is (its rows are not images: ``unreadable_image``)."""
+    from datasets import Image
+
+    feature = dataset.features[column]
+    return dataset.cast_column(column, Image(decode=False)) if isinstance(feature, Image) else dataset

@@ -28,8 +28,10 @@ class LabelStage(Stage):
     def resources(self) -> Resources:
         return device_resources(self.requested_device)
 
-    def __init__(self, spec, label_names, device: str = "cpu", guide_is_only_labeller: bool = False):
+    def __init__(self, spec, label_names, device: str = "cpu", guide_is_only_labeller: bool = False,
+                 trust_remote_code: bool = False):
         self.spec = spec
+        self.trust_remote_code = trust_remote_code
         self.label_names = tuple(label_names)
         self.requested_device = device
         self.guide_is_only_labeller = guide_is_only_labeller
@@ -45,7 +47,7 @@ class LabelStage(Stage):
 
         device = resolve_device(self.requested_device)
         self.detector = load_detector(device)
-        self.experts = load_labellers(self.spec, device)
+        self.experts = load_labellers(self.spec, device, self.trust_remote_code)
         self.known = {e.name: e.known(self.label_names) for e in self.experts}
 
     def meta(self) -> dict:

@@ -80,10 +80,11 @@ class LayoutSource:
         """Inverted latents (B, 4, h, w) for the given reference file names (each inverted once)."""
         from PIL import Image
 
+        from .image_io import open_rgb8
+
         for name in dict.fromkeys(names):
             if name not in self._cache:
-                with Image.open(Path(self.meta["images"]) / name) as im:
-                    image = im.convert("RGB").resize(self.size, Image.BICUBIC)
+                image = open_rgb8(Path(self.meta["images"]) / name).resize(self.size, Image.BICUBIC)
                 pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
                 with torch.no_grad():
                     text, _ = self.pipe.encode_prompt([""], self.pipe.unet.device, 1, False)

@@ -32,6 +32,7 @@ ADDED_AT_DEFAULT = {
     ("curation", "faces", "detector_model"): None,
     ("curation", "faces", "detector_size"): 640,
     ("generator", "guidance", "decoder"): None,
+    ("images", "follow_links_outside"): False,
     ("labelling", "feranno", "dtype"): "float32",
 }
 """Fields added after builds existed, left out of the identity while at these defaults, so that build folders
@@ -671,8 +672,12 @@ class ImagesSource(_Strict):
     """Label an existing collection of face images instead of generating them (SyntFER's pseudo-labelling)."""
 
     folder: str | None = Field(default=None, min_length=1, description="Folder of images (png, jpg, jpeg, webp, "
-                               "bmp), read in sorted path order; hidden files and folders are skipped.")
+                               "bmp, gif, tif, tiff), read in sorted path order; hidden files and folders, other "
+                               "formats and dangling links are skipped and counted per reason.")
     recursive: bool = Field(default=True, description="With folder: include images in sub-folders.")
+    follow_links_outside: bool = Field(
+        default=False, description="With folder: also read symbolic links that resolve outside the folder. By "
+        "default they are skipped (counted as link_outside_folder), so no file outside images.folder is read.")
     dataset: str | None = Field(default=None, min_length=1, description="A Hugging Face dataset saved with "
                                 "save_to_disk (a Dataset or a DatasetDict), instead of folder.")
     split: str = Field(default="train", min_length=1, description="With dataset: the split to read from a "

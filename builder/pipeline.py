@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from .manifest import Manifest
+from .options import RunOptions
 from .stage import GlobalStage, Stage
 
 
-def shard_stages(manifest: Manifest) -> list[Stage]:
+def shard_stages(manifest: Manifest, options: RunOptions | None = None) -> list[Stage]:
     """Per-shard stages, in order. Construction is cheap; models load in ``setup``."""
+    options = options or RunOptions()
     from curation.integrity import IntegrityFilter
 
     stages: list[Stage] = []
@@ -21,7 +23,8 @@ def shard_stages(manifest: Manifest) -> list[Stage]:
             from .enrich import EnrichStage
 
             stages.append(EnrichStage(manifest.prompts.enrich, manifest.seed))
-        stages.append(GenerateStage(manifest.generator, manifest.aus.names, manifest.labels.names, manifest.seed))
+        stages.append(GenerateStage(manifest.generator, manifest.aus.names, manifest.labels.names, manifest.seed,
+                                    trust_remote_code=options.trust_remote_code))
     curation = manifest.curation
     if curation.integrity.enabled:
         stages.append(IntegrityFilter(curation.integrity))
@@ -38,7 +41,8 @@ def shard_stages(manifest: Manifest) -> list[Stage]:
         from .label import LabelStage
 
         stages.append(LabelStage(manifest.labelling, manifest.labels.names, manifest.labelling.device,
-                                 guide_is_only_labeller=guide_is_only_labeller(manifest)))
+                                 guide_is_only_labeller=guide_is_only_labeller(manifest),
+                                 trust_remote_code=options.trust_remote_code))
     return stages
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from .expand import class_sequence, draw_prompt, shard_bounds
 from .manifest import BUILTIN_TINY_MODEL, Manifest
 from .pipeline import global_stages, stage_names
+from .sources import refuse_out_in_source
 
 # SD 1.5 cost at 512x512 (torch FLOP counter, shared/docs/environment.md).
 SD15_UNET_TFLOP = 0.677
@@ -20,6 +21,7 @@ H100_BF16_TFLOPS = 790.0
 
 
 def make_plan(manifest: Manifest, out: Path | None = None) -> dict:
+    refuse_out_in_source(manifest, out)
     plan = _images_plan(manifest) if manifest.images is not None else _generation_plan(manifest)
     if out is not None and (out / "shards").is_dir():
         from .shards import ShardStore

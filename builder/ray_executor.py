@@ -217,7 +217,7 @@ class RayExecutor:
         from tqdm.auto import tqdm
 
         if not task.root.is_absolute():  # workers may start elsewhere (another node, another folder)
-            task = ShardTask(task.manifest, task.root.absolute(), task.span)
+            task = ShardTask(task.manifest, task.root.absolute(), task.span, task.options)
         stages = task.stages()
         cluster = ray.cluster_resources()
         cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)

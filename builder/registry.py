@@ -144,3 +144,29 @@ REGISTRY: dict[str, ModelEntry] = {
         ),
     )
 }
+
+
+def names(kind: str | None = None) -> list[str]:
+    """Registered model names, sorted; only those of ``kind`` (e.g. 'fer-classifier') when given."""
+    return sorted(n for n, e in REGISTRY.items() if kind is None or e.kind == kind)
+
+
+def lookup(name: str, kind: str | None = None, field: str | None = None) -> ModelEntry:
+    """The entry called ``name``; a ``ModelLoadError`` listing the valid names (of ``kind``) when there is none,
+    or when it is of another kind. ``field`` names where the name was given (a manifest field, a command)."""
+    import difflib
+
+    from .errors import ModelLoadError
+
+    valid = names(kind)
+    where = f"{field}: " if field else ""
+    entry = REGISTRY.get(name)
+    if entry is None:
+        close = difflib.get_close_matches(name, valid, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ModelLoadError(f"{where}unknown model '{name}'",
+                             fix=f"{hint}use one of: {', '.join(valid)} (`build-dataset models list`)")
+    if kind is not None and entry.kind != kind:
+        raise ModelLoadError(f"{where}model '{name}' is a {entry.kind}, not a {kind}",
+                             fix=f"use one of: {', '.join(valid)} (`build-dataset models list`)")
+    return entry

@@ -16,11 +16,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
 
+from .errors import OutputDirError, is_storage_fault, storage_error
 from .records import Record, read_jsonl, write_jsonl
 from .stage import ShardContext, Stage
 
@@ -39,13 +41,39 @@ class ShardStore:
         return (self.final(stage, shard) / STATS).is_file()
 
     def kept(self, stage: str, shard: int) -> list[Record]:
-        return list(read_jsonl(self.final(stage, shard) / KEPT))
+        return self._read(stage, shard, KEPT, lambda path: list(read_jsonl(path)))
 
     def rejected(self, stage: str, shard: int) -> list[Record]:
-        return list(read_jsonl(self.final(stage, shard) / REJECTED))
+        return self._read(stage, shard, REJECTED, lambda path: list(read_jsonl(path)))
 
     def stats(self, stage: str, shard: int) -> dict:
-        return json.loads((self.final(stage, shard) / STATS).read_text())
+        return self._read(stage, shard, STATS, lambda path: json.loads(path.read_text(encoding="utf-8")))
+
+    def _read(self, stage: str, shard: int, name: str, parse):
+        """A committed shard file, parsed; a damaged or missing one is an ``OutputDirError`` naming the fix."""
+        folder = self.final(stage, shard)
+        try:
+            return parse(folder / name)
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
+            if is_storage_fault(exc):
+                raise storage_error(exc, folder, "read") from None
+            raise OutputDirError(f"the committed shard file is damaged or missing ({type(exc).__name__}: {exc})",
+                                 file=str(folder / name), fix=f"delete the folder {folder} and run the build again: "
+                                 "it redoes that shard (and the stages after it) and keeps every other") from None
+
+    def discard(self, shard: int) -> list[str]:
+        """Delete every committed stage output of ``shard`` (so a run redoes it); return the stages removed."""
+        removed = []
+        for stage_dir in sorted(self.base.glob("*")) if self.base.exists() else []:
+            folder = stage_dir / f"{shard:05d}"
+            if folder.is_dir():
+                shutil.rmtree(folder)
+                removed.append(stage_dir.name)
+        return removed
+
+    def missing_images(self, stage: str, shard: int) -> list[str]:
+        """Image files that ``stage``'s kept records of ``shard`` name but the build folder no longer holds."""
+        return [r.image for r in self.kept(stage, shard) if r.image and not (self.root / r.image).is_file()]
 
     def context(self, stage: str, shard: int) -> ShardContext:
         staging = self.base / stage / f".tmp-{shard:05d}-{uuid.uuid4().hex[:12]}"
@@ -53,15 +81,22 @@ class ShardStore:
         return ShardContext(root=self.root, shard=shard, staging=staging, final=self.final(stage, shard))
 
     def commit(self, ctx: ShardContext, kept: list[Record], rejected: list[Record], stats: dict) -> None:
-        write_jsonl(ctx.staging / KEPT, kept)
-        write_jsonl(ctx.staging / REJECTED, rejected)
-        (ctx.staging / STATS).write_text(json.dumps(stats, indent=1, sort_keys=True))
+        """Write the shard's files, flush them to disk, and publish the folder with one rename."""
+        try:
+            write_jsonl(ctx.staging / KEPT, kept)
+            write_jsonl(ctx.staging / REJECTED, rejected)
+            (ctx.staging / STATS).write_text(json.dumps(stats, indent=1, sort_keys=True))
+            fsync_tree(ctx.staging)
+        except OSError as exc:
+            raise storage_error(exc, ctx.staging.parent) if is_storage_fault(exc) else exc from None
         try:
             os.rename(ctx.staging, ctx.final)
         except OSError:
             if not (ctx.final / STATS).is_file():
                 raise
             shutil.rmtree(ctx.staging)  # another worker finished this shard first: same content
+            return
+        fsync_dir(ctx.final.parent)
 
     def clean_staging(self) -> int:
         """Delete staging folders left by killed runs; return how many."""
@@ -69,6 +104,38 @@ class ShardStore:
         for path in leftovers:
             shutil.rmtree(path, ignore_errors=True)
         return len(leftovers)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or new entry in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` atomically and durably: a temporary file, flushed, renamed, folder flushed."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file under ``folder`` and the folders themselves, before publishing it by a rename."""
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
 
 
 def run_stage_on_shard(stage: Stage, store: ShardStore, shard: int, records: list[Record]) -> list[Record]:
@@ -91,7 +158,10 @@ def run_stage_on_shard(stage: Stage, store: ShardStore, shard: int, records: lis
             "seconds": round(seconds, 4),
             "meta": stage.meta(),
         }
-        if runtime := stage.runtime():
+        runtime = stage.runtime()
+        if "torch" in sys.modules:  # CPU pixels depend on it (RunOptions.threads)
+            runtime["threads"] = sys.modules["torch"].get_num_threads()
+        if runtime:
             stats["runtime"] = runtime
         store.commit(ctx, kept, rejected, stats)
     finally:

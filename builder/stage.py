@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from .errors import is_run_fault
 from .records import Drop, Record
 
 
@@ -54,8 +55,10 @@ class ShardContext:
         return target, (self.final / relative).relative_to(self.root).as_posix()
 
     def resolve(self, stored: str) -> Path:
-        """Absolute path of a file a record refers to."""
-        return self.root / stored
+        """Path of a file a record refers to (refused when it leaves the build folder)."""
+        from .paths import record_file
+
+        return record_file(self.root, stored)
 
 
 class Stage(ABC):
@@ -90,6 +93,8 @@ class Filter(Stage):
             try:
                 verdict = self.check(record, ctx)
             except Exception as exc:  # a bad sample is counted and skipped, never a crash
+                if is_run_fault(exc):  # the run's input or disk is at fault, not this sample: stop, commit nothing
+                    raise
                 verdict = ("error", f"{type(exc).__name__}: {exc}")
             if verdict is not None:
                 record.drop = Drop(self.name, verdict[0], verdict[1])

@@ -37,11 +37,7 @@ def get_entry(name: str | ModelEntry) -> ModelEntry:
     """The registry entry called ``name`` (an entry is returned as is); unknown -> ``ModelLoadError``."""
     if isinstance(name, ModelEntry):
         return name
-    entry = registry.REGISTRY.get(name)
-    if entry is None:
-        raise ModelLoadError(f"unknown model '{name}'",
-                             fix=f"use one of: {', '.join(sorted(registry.REGISTRY))} (`build-dataset models list`)")
-    return entry
+    return registry.lookup(name)
 
 
 def store_path(entry: ModelEntry) -> Path:
@@ -114,9 +110,11 @@ def describe() -> list[dict[str, str]]:
     return rows
 
 
-def load_fer_classifier(name_or_path: str | Path, labels: Sequence[str] | None = None) -> FERClassifier:
+def load_fer_classifier(name_or_path: str | Path, labels: Sequence[str] | None = None,
+                        trust_remote_code: bool = False) -> FERClassifier:
     """A ``FERClassifier`` (CPU, eval) from a registry name (fetched), a local Keras .hdf5/.h5 file, or a
-    classifier config .yaml for any torch or ONNX model (``builder.fer.classifier_config``).
+    classifier config .yaml for any torch or ONNX model (``builder.fer.classifier_config``; a class outside
+    torch and this tool only with ``trust_remote_code``).
 
     ``labels`` is the model's class order; default: the registry entry's, or
     FER2013 order for a local file. Raises ``ModelLoadError`` when the name
@@ -144,7 +142,7 @@ def load_fer_classifier(name_or_path: str | Path, labels: Sequence[str] | None =
         if path.suffix.lower() in (".yaml", ".yml"):
             from .fer.classifier_config import load_config_classifier
 
-            return load_config_classifier(path, labels)
+            return load_config_classifier(path, labels, trust_remote_code)
         if path.suffix.lower() == ".onnx":
             raise ModelLoadError("an ONNX model needs a classifier config naming its labels and input", file=str(path),
                                  fix=f"write a .yaml beside it with 'onnx: {{file: {path.name}}}', 'labels' and "

@@ -17,7 +17,9 @@ class TrainData(_Strict):
     split: str = Field(default="train", description="Split to use when dataset is a DatasetDict.")
     image_column: str = Field(default="image", description="Column with the images.")
     caption_column: str = Field(default="prompt", description="Column with the captions.")
-    au_column: str = Field(default="au", description="Column with AU intensity vectors (0-5, in the AU set's order).")
+    au_column: str = Field(default="au", description="Column with AU intensities (0-5): a struct of named floats "
+                           "(a fer-synth release's 'au': {AU1: ..., AU12: ...}; AUs it leaves out are 0) or a list "
+                           "in the AU set's order.")
     image_folder: str | None = Field(default=None, description="Folder of images, instead of dataset.")
     metadata: str = Field(default="metadata.jsonl", description="JSONL inside image_folder, one line per image: "
                           '{"file_name": ..., "caption": ..., "au": [..] or {"AU12": 3.0, ...}}.')

@@ -10,6 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from .errors import UserError
+from .paths import confined
 from .train_config import TrainData
 
 
@@ -32,19 +33,17 @@ class TrainExamples:
 
     def __getitem__(self, i: int):
         """(RGB PIL image, caption, AU list) of example ``i``."""
-        from PIL import Image
+        from .image_io import open_rgb8, to_rgb8
 
         image, caption, au = self.items[i]
-        if isinstance(image, (str, Path)):
-            with Image.open(image) as im:
-                image = im.convert("RGB")
-        return image.convert("RGB"), caption, au
+        return (open_rgb8(image) if isinstance(image, (str, Path)) else to_rgb8(image)), caption, au
 
     def _from_dataset(self, data: TrainData, source: str) -> None:
         from .saved_datasets import open_split
 
         ds = open_split(data.dataset, data.split, {"image_column": data.image_column, "caption_column":
                                                    data.caption_column, "au_column": data.au_column}, "data", source)
+        self._check_au_feature(ds.features[data.au_column], data.au_column, source)
         self.items = []
         for row in ds:
             au = self._au(row[data.au_column])
@@ -60,12 +59,13 @@ class TrainExamples:
             raise UserError(f"'{meta}' does not exist", file=source,
                             fix="put a metadata.jsonl next to the images (one JSON object per line)")
         self.items = []
-        for line in meta.read_text(encoding="utf-8").splitlines():
+        for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
             if not line.strip():
                 continue
             try:
                 entry = json.loads(line)
-                image, caption, au = folder / entry["file_name"], str(entry.get("caption", "")), self._au(entry["au"])
+                image = confined(folder, str(entry["file_name"]), f"file_name (line {n})", meta)
+                caption, au = str(entry.get("caption", "")), self._au(entry["au"])
             except (json.JSONDecodeError, KeyError, TypeError):
                 self.skipped["bad_metadata"] += 1
                 continue
@@ -78,12 +78,28 @@ class TrainExamples:
             else:
                 self.items.append((image, caption, au))
 
+    def _check_au_feature(self, feature, column: str, source: str) -> None:
+        """A struct column (a release's ``au``: one named float per AU) must name AUs of the config's set, or
+        every row would be skipped; a list column is read by position and checked row by row."""
+        if not isinstance(feature, dict):
+            return
+        unknown = [name for name in feature if name not in self.au_names]
+        if unknown:
+            from .aus import AU_SETS
+
+            fits = [name for name, aus in AU_SETS.items() if set(feature) <= set(aus)]
+            raise UserError(f"data.au_column '{column}' holds AUs {', '.join(unknown)}, which are not in the "
+                            f"config's au_set ({', '.join(self.au_names)})", file=source,
+                            fix=f"set au_set to one that has every AU of the column ({', '.join(fits)})" if fits
+                            else "train on a column whose AUs belong to one AU set")
+
     def _au(self, value) -> list[float] | None:
-        """An AU vector in the AU set's order, from a list or a {name: intensity} mapping; None if invalid."""
+        """An AU vector in the AU set's order, from a list (in that order) or a {name: intensity} mapping (a
+        release's ``au`` struct, or a metadata line; AUs it leaves out are 0); None if invalid."""
         if isinstance(value, dict):
             if not set(value) <= set(self.au_names):
                 return None
-            value = [float(value.get(name, 0.0)) for name in self.au_names]
+            value = [value.get(name, 0.0) for name in self.au_names]
         if not isinstance(value, (list, tuple)) or len(value) != len(self.au_names):
             return None
         try:

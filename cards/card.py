@@ -221,6 +221,72 @@ COLUMN_NOTES = {
 }
 
 
+LICENCE_ANCHOR = "README.md#licence"  # the card's own "## Licence" section, where the Hub links license_link
+
+
+def _slug(text: str) -> str:
+    return "-".join("".join(c if c.isalnum() or c in ".-" else " " for c in text.lower()).split()) or "unknown"
+
+
+def _model_page(provenance: dict | None) -> str | None:
+    """The generator's Hub page, where its licence is (None for a local folder or the built-in model)."""
+    if not provenance or provenance["revision"] == "local" or provenance["model"].startswith("builtin:"):
+        return None
+    return f"https://huggingface.co/{provenance['model']}"
+
+
+def card_licence(provenance: dict | None) -> dict:
+    """The card's licence metadata, from the generator's model card (``provenance['license']``).
+
+    A Hub licence id is used as it is: ``{"license": id}``. Anything else is ``license: other``, which the Hub
+    wants with ``license_name`` (an id) and ``license_link`` (a URL or a file of the repo):
+
+    - ``license_name``: the generator's licence text as an id when its model card has one that is not a Hub
+      id; ``generator-model-licence`` when the model card says ``other`` (its own name for it is on its page);
+      ``unknown`` when the model card names no licence, and for an images source, whose licence is the source
+      images' and unknown to the tool;
+    - ``license_link``: the generator's Hub page when it came from the Hub, else the card's own Licence
+      section (``README.md#licence``), which says what is known and what to check.
+    """
+    from .hub_metadata import HUB_LICENSES
+
+    model = (provenance or {}).get("license")
+    if isinstance(model, str) and model in HUB_LICENSES and model != "other":
+        return {"license": model}
+    if not isinstance(model, str) or not model.strip() or provenance is None:
+        name = "unknown"
+    else:
+        name = "generator-model-licence" if model == "other" else _slug(model)
+    return {"license": "other", "license_name": name, "license_link": _model_page(provenance) or LICENCE_ANCHOR}
+
+
+def _licence_lines(licence: dict, provenance: dict | None) -> list[str]:
+    """The card's Licence section: what the metadata says and where it comes from."""
+    if provenance is None:
+        return [f"`license: other`, `license_name: {licence['license_name']}`: the images are copies of the source "
+                "images, so this dataset's licence is theirs, and the tool cannot know it. Find the source's licence "
+                "and the consent of the people shown, and set `license` (a Hub licence id) or `license_name` and "
+                "`license_link` to it, before publishing."]
+    model, page = provenance["model"], _model_page(provenance)
+    where = f" ({page})" if page else ""
+    if licence["license"] != "other" and model == BUILTIN_TINY_MODEL:
+        return [f"`license: {licence['license']}`: the built-in model's weights are random, made by this tool, and "
+                "under the tool's licence."]
+    if licence["license"] != "other":
+        return [f"`license: {licence['license']}`: the licence the generator `{model}`{where} declares in its model "
+                "card. Generated images are bound by the use terms of the model that made them; check that its "
+                "licence allows the use you intend, and change `license` if you release the images under other "
+                "terms."]
+    declared = provenance.get("license")
+    said = (f"its model card declares a licence that is not a Hub id (`{declared}`)" if declared not in (None, "other")
+            else "its model card declares its own licence (`other`) without a Hub id" if declared == "other"
+            else "its model card names no licence")
+    return [f"`license: other`, `license_name: {licence['license_name']}`, `license_link: {licence['license_link']}`: "
+            f"this dataset's images come from the generator `{model}`{where}, and {said}. Read the model's licence"
+            + (" on its page" if page else "") + " before publishing, and set `license` (a Hub licence id) or "
+            "`license_name` and `license_link` to the terms the images are released under."]
+
+
 def hub_configs(files: dict[str, list[str]]) -> list[dict]:
     """The card's ``configs``: the default config's splits and, when anything was dropped, 'rejected'."""
     from .export import REJECTED
@@ -246,11 +312,16 @@ def _files_lines(files: dict[str, list[str]]) -> list[str]:
     if REJECTED in files:
         lines[0] += (" Every dropped sample, with the stage, reason and detail that dropped it (and its image where "
                      "one was made), is in the `rejected` config: `load_dataset(REPO, \"rejected\")`.")
+    else:
+        lines[0] += (" No sample was dropped, so this release has no `rejected` config (`datasets` cannot load a "
+                     "config without rows).")
     return lines
 
 
 def _review_line(r: dict) -> str:
-    return (f"A reviewer looked at the samples in FiftyOne (dataset `{r['dataset']}`) and tagged {r['decisions']}: "
+    where = (f"in FiftyOne (dataset `{r['dataset']}`)" if r.get("source", "fiftyone") == "fiftyone" and r["dataset"]
+             else "(a decisions file)")
+    return (f"A reviewer looked at the samples {where} and tagged {r['decisions']}: "
             f"{r['rejected']} rejected (`reviewer_reject`), {r['relabelled']} relabelled (disposition "
             f"`reviewer_relabelled`, `target_label` kept)" + (f"; {r['not_released']} tags were on samples a stage "
                                                             "had already dropped" if r["not_released"] else "") + ".")
@@ -268,10 +339,10 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict | None, root=N
 
     released = stats["released"]
     collected = manifest.images is not None
-    licence = (provenance or {}).get("license") or "other"
+    licence = card_licence(provenance)
     data = DatasetCardData(
         pretty_name=manifest.name,
-        license=licence,
+        **licence,
         task_categories=["image-classification"],
         annotations_creators=["machine-generated"],
         **({} if collected else {"language_creators": ["machine-generated"], "source_datasets": ["original"]}),
@@ -323,8 +394,8 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict | None, root=N
                       "columns below."]
         parts += ["", *_source_section(stats)]
     else:
-        parts += ["", "Columns: `image`, `label` (ClassLabel), `au` (AU intensities 0-5 in the order "
-                      f"{', '.join(manifest.aus.names)}), `prompt`, `negative_prompt`, `seed`, `sample_id`"
+        parts += ["", "Columns: `image`, `label` (ClassLabel), `au` (the AU intensity targets, 0-5: a struct of "
+                      f"named floats {', '.join(manifest.aus.names)}), `prompt`, `negative_prompt`, `seed`, `sample_id`"
                       + "".join(f", `{a}`" for a in manifest.prompts.all_axes)
                       + ", and the generator's provenance columns."]
         parts += ["", *_generation_section(manifest, stats, provenance)]
@@ -353,12 +424,14 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict | None, root=N
                   "not a human annotation; the labellers' own biases and errors carry over to it. The licence of "
                   "this dataset cannot be more permissive than the licence of the source images: check it "
                   "before publishing."]
+        parts += ["", "## Licence", "", *_licence_lines(licence, None)]
         parts += ["", "## Privacy", "", *_privacy_lines(stats.get("identity_leak"), collected=True)]
     else:
         parts += ["", "## Intended use and limitations", "",
                   "Research on facial expression recognition with synthetic training data. Prompted demographic "
                   "attributes describe the prompt, not a verified property of the image. Synthetic images can carry "
                   "the biases of the generator and its training data."]
+        parts += ["", "## Licence", "", *_licence_lines(licence, provenance)]
         parts += ["", "## Privacy", "", *_privacy_lines(stats.get("identity_leak"))]
     if root is not None:  # results of `build-dataset evaluate` live in the build folder (eval/), not in stats
         from evaluation import evaluation_section

@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 
 from builder.manifest import Manifest
+from builder.paths import record_file
 from builder.records import Record
 
 
 def au_description(manifest: Manifest) -> str:
-    """Dataset-info description; its last line is JSON with the AU order of the 'au' column (none for
-    an images source, whose images have no AU targets)."""
+    """Dataset-info description; its last line is JSON with the AU set and order (none for an images source,
+    whose images have no AU targets). The ``au`` column names its AUs itself (``au_feature``); this line is
+    for ``save_to_disk`` readers and releases made before it did (the parquet files do not keep it)."""
     if manifest.images is not None:
         meta = {"au_names": [], "source": "images"}
         return f"Pseudo-labelled facial expression dataset '{manifest.name}' {manifest.version}.\n" + json.dumps(meta)
@@ -19,9 +21,33 @@ def au_description(manifest: Manifest) -> str:
     return f"Synthetic facial expression dataset '{manifest.name}' {manifest.version}.\n" + json.dumps(meta)
 
 
-def au_names_from_info(description: str) -> list[str]:
-    """Read the AU order back from a released dataset's ``info.description``."""
-    return json.loads(description.strip().splitlines()[-1])["au_names"]
+def au_feature(names) -> dict:
+    """The ``au`` column: a struct of one float32 per AU, named and in the manifest's AU order, so the names
+    travel with the data (``save_to_disk``, the parquet files, ``load_dataset`` and the Hub's viewer)."""
+    from datasets import Value
+
+    return {name: Value("float32") for name in names}
+
+
+def au_names(dataset) -> list[str]:
+    """The AU order of a released ``Dataset``'s ``au`` column: the struct's field names; for a release made
+    before the column was a struct (a list of floats), the order in ``info.description``."""
+    feature = dataset.features["au"]
+    if isinstance(feature, dict):
+        return list(feature)
+    return au_names_from_info(dataset.info)
+
+
+def au_names_from_info(info) -> list[str]:
+    """The AU order from a released dataset's ``info`` (a ``DatasetInfo`` or its ``description``): the JSON on
+    the description's last line. Only ``load_from_disk`` keeps it; ``au_names`` works on every release."""
+    description = getattr(info, "description", info) or ""
+    try:
+        return json.loads(description.strip().splitlines()[-1])["au_names"]
+    except (IndexError, ValueError, KeyError, TypeError):
+        raise ValueError("this dataset's info.description holds no AU order (the parquet files and the Hub do not "
+                         "keep it): read the names from the 'au' column's features instead, "
+                         "list(dataset.features['au'])") from None
 
 
 def features(manifest: Manifest):
@@ -32,7 +58,7 @@ def features(manifest: Manifest):
         cols.update({"sample_id": Value("string"), "source_file": Value("string")})
     else:
         cols.update({
-            "au": List(Value("float32"), length=len(manifest.aus.names)),
+            "au": au_feature(manifest.aus.names),
             "prompt": Value("string"),
             "negative_prompt": Value("string"),
             "seed": Value("int64"),
@@ -94,8 +120,9 @@ def curation_values(record: Record, columns) -> dict:
     return {key: values[key] for key in columns}
 
 
-def row(record: Record, root: Path, provenance: dict | None, names, curation_columns=()) -> dict:
-    image = {"bytes": (root / record.image).read_bytes(), "path": Path(record.image).name}
+def row(record: Record, root: Path, provenance: dict | None, names, curation_columns=(), aus=()) -> dict:
+    """The released row of a kept record; ``names`` are the classes, ``aus`` the AU names of its ``au`` struct."""
+    image = {"bytes": record_file(root, record.image).read_bytes(), "path": Path(record.image).name}
     labelling = labelling_columns(record, names) if record.labelling else {}
     labelling.update(curation_values(record, curation_columns))
     if provenance is None:  # an images source
@@ -104,7 +131,7 @@ def row(record: Record, root: Path, provenance: dict | None, names, curation_col
     return {
         "image": image,
         "label": record.label,
-        "au": record.au,
+        "au": dict(zip(aus, record.au, strict=True)),
         "prompt": record.prompt,
         "negative_prompt": record.negative_prompt,
         "seed": record.seed,
@@ -124,6 +151,7 @@ def build_dataset_dict(splits: dict[str, list[Record]], manifest: Manifest, prov
 
     feats = features(manifest)
     curation = list(curation_features(manifest))
+    aus = tuple(manifest.aus.names) if manifest.images is None else ()
     out = {}
     for name, records in splits.items():
         if not records:
@@ -134,7 +162,7 @@ def build_dataset_dict(splits: dict[str, list[Record]], manifest: Manifest, prov
 
         def gen(records=records):
             for rec in records:
-                yield row(rec, root, provenance, manifest.labels.names, curation)
+                yield row(rec, root, provenance, manifest.labels.names, curation, aus)
 
         ds = Dataset.from_generator(
             gen, features=feats, cache_dir=str(cache_dir), split=NamedSplit(name), fingerprint=fingerprint

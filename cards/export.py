@@ -5,7 +5,9 @@ Layout (inside the release folder)::
     records/<split>.jsonl          the released Records (``builder.records``), one file per split
     data/<split>-NNNNN-of-MMMMM.parquet    the default config, Hub layout (``datasets`` features kept)
     data/rejected-NNNNN-of-MMMMM.parquet   the 'rejected' config: every dropped sample with stage,
-                                           reason and detail (and its image where one was made)
+                                           reason and detail (and its image where one was made); only
+                                           when something was dropped, because ``datasets`` cannot load
+                                           a split without rows (the card says so instead)
 
 Parquet shards hold at most ``MAX_SHARD_BYTES`` of Arrow data each and are
 written from the saved dataset, so the same release gives the same bytes.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from builder.paths import record_file
 from builder.records import Record, write_jsonl
 
 MAX_SHARD_BYTES = 500 * 1024 * 1024
@@ -59,9 +62,11 @@ def rejected_row(record: Record, root: Path) -> dict:
 def _image(record: Record, root: Path) -> dict | None:
     from PIL import Image
 
-    if not record.image or not (root / record.image).is_file():
+    if not record.image:
         return None
-    path = root / record.image
+    path = record_file(root, record.image)
+    if not path.is_file():
+        return None
     try:
         with Image.open(path) as im:
             im.load()

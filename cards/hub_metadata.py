@@ -11,7 +11,9 @@ installed libraries, so a release can be checked before it is pushed:
 - ``configs`` passes ``datasets.utils.metadata.MetadataConfigs``'s own check
   (the one ``load_dataset`` runs), config names are unique and one is default;
 - ``license`` is one of the Hub's licence ids (``HUB_LICENSES``, copied from
-  the Hub's documented list);
+  the Hub's documented list), and ``license: other`` comes with ``license_name``
+  (an id for the licence) and ``license_link`` (a URL or a file of the repo), as
+  the Hub's card specification asks;
 - ``task_categories`` are Hub task ids (``HUB_TASKS``, the image and
   classification part of the Hub's list: enough for this tool's cards).
 """
@@ -74,6 +76,10 @@ def validate_metadata(data: dict) -> list[str]:
     for value in _as_list(data.get("license")):
         if value not in HUB_LICENSES:
             problems.append(f"license: {value!r} is not a Hub licence id")
+    if "other" in _as_list(data.get("license")):
+        for key in ("license_name", "license_link"):
+            if not isinstance(data.get(key), str) or not data[key].strip():
+                problems.append(f"{key}: 'license: other' needs it (the licence's id and a link to its text)")
     for value in _as_list(data.get("task_categories")):
         if value not in HUB_TASKS:
             problems.append(f"task_categories: {value!r} is not a Hub task id")

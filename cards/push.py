@@ -5,7 +5,8 @@ wrote for the Hub and nothing else: ``README.md`` (the data card), ``stats.json`
 ``data/*.parquet``, ``figures/*.png`` and the evaluation results the card links
 (``eval/*.json``, ``*.png``, ``*.md``; not ``eval/cache/`` nor the per-sample predictions). The folder must be released
 (``.release.json`` present); shards, ``hf/``, ``rejected/``, caches and locks
-stay local.
+stay local. A file (or folder) that is a link resolving outside ``OUT`` is refused before anything is
+read: a release folder someone handed over must not upload files from elsewhere on the machine.
 
 The local files are compared by content with the repo at the revision: a
 remote LFS (or Xet) file by its ``lfs.sha256``, a regular one by its git blob
@@ -18,7 +19,8 @@ belong to the release). A push of an unchanged release makes no commit.
 The token is the one ``huggingface_hub.get_token()`` finds (``HF_TOKEN``, then
 the ``hf auth login`` file); it is passed to ``HfApi`` and never printed,
 logged or put into a message. Hub and network errors become ``UserError``s
-that name the repo and a fix. ``HF_ENDPOINT`` is read when the push runs (not
+that name the repo and a fix; with ``HF_HUB_OFFLINE`` set, a push stops before any request (a dry run
+plans every file as new). ``HF_ENDPOINT`` is read when the push runs (not
 only when ``huggingface_hub`` is imported), so a test or a mirror can set it.
 """
 from __future__ import annotations
@@ -100,6 +102,9 @@ def release_files(out: Path) -> dict[str, Path]:
         for path in (p for pattern in patterns for p in (out / folder).glob(pattern)):
             if path.is_file():
                 files[path.relative_to(out).as_posix()] = path
+    root = out.resolve()
+    for _, path in sorted(files.items()):  # before any file is read: a link may point anywhere (~/.ssh/id_rsa)
+        _refuse_outside(path, root, out)
     if not any(p.startswith("data/") for p in files):
         raise UserError("the release has no data/*.parquet files (released by an older version of the tool?)",
                         file=str(out), fix=f"run `build-dataset MANIFEST --out {out}` again to redo the release")
@@ -111,6 +116,21 @@ def release_files(out: Path) -> dict[str, Path]:
                         file=str(out / "README.md"), fix="fix the YAML front matter (or the manifest field it "
                         "comes from) and release again")
     return dict(sorted(files.items()))
+
+
+def _refuse_outside(path: Path, root: Path, out: Path) -> None:
+    """``UserError`` naming ``path`` when it (or a folder above it) is a link that resolves outside the release
+    folder: a folder someone handed over must not make push upload files from elsewhere on this machine."""
+    try:
+        target = path.resolve(strict=True)
+        inside = target.is_relative_to(root)
+    except (OSError, RuntimeError):  # a dangling link or a link loop
+        target, inside = None, False
+    if not inside:
+        where = f"to {target}, " if target is not None else "that cannot be resolved, "
+        raise UserError(f"is a link {where}outside the release folder {out}: push uploads only files inside it",
+                        file=str(path), fix="replace the link with the file itself (or run `build-dataset release "
+                        f"{out}` to write the release again) and push again")
 
 
 def file_hashes(path: Path) -> tuple[str, str]:
@@ -161,6 +181,10 @@ def push(out: Path, repo_id: str, *, private: bool = False, dry_run: bool = Fals
     token = get_token()
     result = PushResult(repo_id, revision, endpoint, [], dry_run=dry_run)
     where = f"datasets/{repo_id}@{revision}"
+    if hf_constants.HF_HUB_OFFLINE and not dry_run:  # no request could succeed: say so before asking for a token
+        raise UserError(f"cannot push to {where}: HF_HUB_OFFLINE is set, so nothing may reach the Hub",
+                        fix="on a machine with network access, unset HF_HUB_OFFLINE and run the same command again "
+                        "(`--dry-run` lists what a push would upload, offline too)")
     if not token and not dry_run:
         raise UserError(f"no Hugging Face token: cannot push to {where}", fix=LOGIN_FIX)
     # token=False: read anonymously (a public repo) instead of letting HfApi look for a token again.

@@ -13,11 +13,11 @@ from collections import Counter
 from pathlib import Path
 
 from builder import __version__
-from builder.errors import OutputDirError
+from builder.errors import OutputDirError, UserError, is_storage_fault, storage_error
 from builder.manifest import Manifest
 from builder.pipeline import global_stages
 from builder.records import Record, read_jsonl, write_jsonl
-from builder.shards import ShardStore
+from builder.shards import ShardStore, fsync_dir, fsync_tree, write_durably
 
 from .card import render_card
 from .dataset import build_dataset_dict
@@ -26,12 +26,17 @@ from .figures import render_figures
 from .splits import assign_splits
 
 MARKER = ".release.json"
+STAGING, RETIRED = ".release-tmp", ".release-old"
 OUTPUTS = ("hf", "data", "records", "figures", "rejected", "README.md", "stats.json")
 
 
 def is_released(root: Path, fingerprint: str) -> bool:
+    """True when ``root`` holds a complete release of the build ``fingerprint`` (a damaged marker: not)."""
     marker = root / MARKER
-    return marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint
+    try:
+        return json.loads(marker.read_text()).get("fingerprint") == fingerprint
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def stage_totals(store: ShardStore, stage: str, shards: range) -> dict:
@@ -105,13 +110,55 @@ def generator_provenance(store: ShardStore, shards: range) -> dict:
     return json.loads(seen.pop())
 
 
-def release(manifest: Manifest, root: Path, stages: list[str], fingerprint: str, log=print) -> dict:
-    """Write ``hf/``, ``README.md``, ``stats.json`` and ``rejected/`` for a build whose shards are all done."""
+def release(manifest: Manifest, root: Path, stages: list[str], fingerprint: str, log=print,
+            allow_empty: bool = False) -> dict:
+    """Write ``hf/``, ``README.md``, ``stats.json`` and ``rejected/`` for a build whose shards are all done.
+
+    Everything is written to ``.release-tmp/`` and flushed first; a failure there (a full disk) removes it and
+    leaves the previous release as it was. Only then are the outputs swapped in, between removing and
+    rewriting ``.release.json``, so an interrupted swap is redone by the next run. A release with no sample
+    left is refused (with the funnel) unless ``allow_empty``.
+    """
+    staging = root / STAGING
+    try:
+        stats = _write_release(manifest, root, stages, fingerprint, log, allow_empty, staging)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if is_storage_fault(exc):
+            raise storage_error(exc, root) from None
+        raise
+    _swap_in(root, staging, {"fingerprint": fingerprint, "shards": manifest.num_shards()})
+    return stats
+
+
+def clean_release_leftovers(root: Path) -> None:
+    """Finish or undo what an interrupted release left: the staging folder, and old outputs set aside."""
+    shutil.rmtree(root / STAGING, ignore_errors=True)
+    shutil.rmtree(root / RETIRED, ignore_errors=True)
+
+
+def _swap_in(root: Path, staging: Path, marker: dict) -> None:
+    """Replace the release outputs in ``root`` by those in ``staging`` (renames only), then write the marker."""
+    retired = root / RETIRED
+    shutil.rmtree(retired, ignore_errors=True)
+    retired.mkdir()
+    (root / MARKER).unlink(missing_ok=True)
+    fsync_dir(root)
+    for name in OUTPUTS:
+        if (root / name).exists():
+            (root / name).rename(retired / name)
+        if (staging / name).exists():
+            (staging / name).rename(root / name)
+    write_durably(root / MARKER, json.dumps(marker) + "\n")
+    shutil.rmtree(retired, ignore_errors=True)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_release(manifest: Manifest, root: Path, stages: list[str], fingerprint: str, log, allow_empty: bool,
+                   staging: Path) -> dict:
     started = time.perf_counter()
     store = ShardStore(root)
     shards = range(manifest.num_shards())
-    (root / MARKER).unlink(missing_ok=True)
-    staging = root / ".release-tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
 
@@ -131,6 +178,8 @@ def release(manifest: Manifest, root: Path, stages: list[str], fingerprint: str,
     names = manifest.labels.names
     for stage in [*global_stages(manifest), *review_stages(root, names)]:
         kept, global_totals[stage.name] = run_global_stage(stage, kept, root, staging / "rejected" / f"{stage.name}.jsonl")
+    if not kept and not allow_empty:
+        raise EmptyReleaseError(root, funnel(store, stages, shards, global_totals))
     split_axes = tuple(manifest.prompts.all_axes) if generating else ()
     splits = assign_splits(kept, manifest.output.splits, manifest.seed, split_axes)
 
@@ -144,7 +193,7 @@ def release(manifest: Manifest, root: Path, stages: list[str], fingerprint: str,
     parquet = {split: write_parquet(ds, staging / "data", split) for split, ds in dataset.items()}
     del dataset
     dropped = [r for path in sorted((staging / "rejected").glob("*.jsonl")) for r in read_jsonl(path)]
-    if dropped:
+    if dropped:  # no rows, no config: `datasets` cannot load an empty split (the card says there is none)
         parquet[REJECTED] = write_parquet(rejected_dataset(dropped, root, names, staging / "arrow-cache"),
                                           staging / "data", REJECTED)
     shutil.rmtree(staging / "arrow-cache", ignore_errors=True)
@@ -186,17 +235,31 @@ def release(manifest: Manifest, root: Path, stages: list[str], fingerprint: str,
                                   "seconds": round(time.perf_counter() - started, 3)}
     (staging / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     render_card(manifest, stats, provenance, root).save(staging / "README.md")
-
-    for name in OUTPUTS:
-        target = root / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-        (staging / name).rename(target)
-    shutil.rmtree(staging)
-    (root / MARKER).write_text(json.dumps({"fingerprint": fingerprint, "shards": len(shards)}) + "\n")
+    fsync_tree(staging)
     return stats
+
+
+class EmptyReleaseError(UserError):
+    """Every sample was dropped: nothing to release."""
+
+    def __init__(self, root: Path, lines: list[str]):
+        super().__init__("no sample is left to release; what each stage dropped:\n" + "\n".join(lines),
+                         file=str(root), fix="loosen the stage that dropped everything (see the reasons above and "
+                         f"{root}/shards/<stage>/*/rejected.jsonl) and rebuild into a new --out, or release it empty "
+                         "with --allow-empty")
+
+
+def funnel(store: ShardStore, stages: list[str], shards: range, global_totals: dict) -> list[str]:
+    """One line per stage: in -> kept, and the drop reasons with their counts."""
+    totals = {**{stage: stage_totals(store, stage, shards) for stage in stages}, **global_totals}
+    return [f"    {name}: {s['in']} in, {s['kept']} kept" + (", dropped " + ", ".join(
+            f"{reason} {n}" for reason, n in s["dropped"].items()) if s["dropped"] else "")
+            for name, s in totals.items()]
+
+
+def missing_images(store: ShardStore, stage: str, shards: range) -> dict[int, list[str]]:
+    """shard -> image files its committed records name that are gone from the build folder."""
+    return {s: gone for s in shards if (gone := store.missing_images(stage, s))}
 
 
 def attribute_counts(records: list[Record], names, axes) -> dict:

@@ -20,7 +20,6 @@ The database and App processes are handled by ``cards.review_app``.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 from collections import Counter
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.errors import OutputDirError, UserError
+from builder.paths import record_file
 from builder.records import Record, read_jsonl
 
 PREFIX = "fer-synth/"
@@ -48,7 +48,8 @@ FIELDS = {
     "expert_<name>": "Classification per labeller (experts, FERAnno): argmax class, confidence = its probability",
     "agreement": "labelling agreement", "disagreement": "labellers' top classes differ or agreement < 1",
     "disposition": "labelling disposition (confirmed, relabelled, labelled, rejected, reviewer_relabelled)",
-    "au": "AU intensities, in the order of dataset.info['au_names']",
+    "au": "AU intensity targets as named float sub-fields (au.AU1, au.AU12...), like the released 'au' column; "
+          "their order in dataset.info['au_names']",
     "prompt": "generation prompt", "seed": "generator seed", "source": "the existing image it came from",
     "<attribute>": "each demographic/prompt axis of the manifest as a string field",
     "<score>": "each stage measurement in record.scores (leak_similarity, sharpness, brightness, face_score...)",
@@ -176,7 +177,7 @@ def _fields(record: Record, split: str | None, release: Release, layout: _Layout
                          if record.labelling else None),
          "agreement": float(lab["agreement"]) if record.labelling else None,
          "disposition": lab.get("disposition"),
-         "au": [float(v) for v in record.au], "prompt": record.prompt or None, "seed": record.seed,
+         "au": _au(record, release), "prompt": record.prompt or None, "seed": record.seed,
          "source": record.source}
     tops = set()
     for name, field in layout.experts.items():
@@ -202,7 +203,8 @@ def _fields(record: Record, split: str | None, release: Release, layout: _Layout
              drop_reason=record.drop.reason if record.drop else None,
              drop_detail=record.drop.detail if record.drop else None)
     f["duplicate_group"] = f["duplicate_of"] or (record.sample_id if record.sample_id in groups else None)
-    f["face"], f["face_landmarks"] = _face_labels(face, release.out / record.image if record.image else None)
+    f["face"], f["face_landmarks"] = _face_labels(face, record_file(release.out, record.image) if record.image
+                                                  else None)
     return f
 
 
@@ -226,8 +228,27 @@ def _face_labels(face: dict, image: Path | None):
     return det, (fo.Keypoints(keypoints=[fo.Keypoint(label="face", points=points)]) if points else None)
 
 
-def _declare(dataset, layout: _Layout) -> None:
-    """Declare every field with its type up front, so None values and a rerun's updates are always valid."""
+def au_names(release: Release) -> list[str]:
+    """The AU names of the build's ``au`` targets (none for an images source, whose records have no AUs)."""
+    m = release.manifest
+    return list(m.aus.names) if m.images is None and m.aus is not None else []
+
+
+def _au(record: Record, release: Release):
+    """The record's AU targets as a document of named floats, as in the released ``au`` struct (None without)."""
+    import fiftyone as fo
+
+    names = au_names(release)
+    if not names or not record.au:
+        return None
+    return fo.DynamicEmbeddedDocument(**{name: float(v) for name, v in zip(names, record.au, strict=True)})
+
+
+def _declare(dataset, layout: _Layout, aus: list[str] = ()) -> None:
+    """Declare every field with its type up front, so None values and a rerun's updates are always valid.
+
+    ``au`` is a document with one float per AU (``aus``); a dataset an older review made with ``au`` as a list of
+    floats gets the field declared anew (every sample's value is rewritten by the same run)."""
     import fiftyone as fo
 
     string, floats = (fo.StringField, {}), (fo.FloatField, {})
@@ -238,7 +259,7 @@ def _declare(dataset, layout: _Layout) -> None:
     schema = {"sample_id": string, "index": (fo.IntField, {}), "split": string, "label_name": string,
               "ground_truth": doc(fo.Classification), "predictions": doc(fo.Classification),
               "agreement": floats, "disagreement": (fo.BooleanField, {}), "disposition": string,
-              "au": (fo.ListField, {"subfield": fo.FloatField}), "prompt": string, "seed": (fo.IntField, {}),
+              "au": doc(fo.DynamicEmbeddedDocument), "prompt": string, "seed": (fo.IntField, {}),
               "source": string, "nearest_reference": string, "nearest_reference_source": string,
               "identity": string, "face_count": (fo.IntField, {}), "face": doc(fo.Detection),
               "face_landmarks": doc(fo.Keypoints), "duplicate_of": string, "duplicate_of_reference": string,
@@ -246,7 +267,11 @@ def _declare(dataset, layout: _Layout) -> None:
     schema.update({f: doc(fo.Classification) for f in layout.experts.values()})
     schema.update({f: string for f in layout.attributes.values()})
     schema.update({f: floats for f in layout.scores.values()})
-    have = dataset.get_field_schema()
+    schema.update({f"au.{name}": floats for name in aus})  # after "au": the document is declared first
+    have = dataset.get_field_schema(flat=True)
+    if "au" in have and not isinstance(have["au"], fo.EmbeddedDocumentField):
+        dataset.delete_sample_field("au")
+        have = dataset.get_field_schema(flat=True)
     for name, (ftype, kwargs) in schema.items():
         if name not in have:
             dataset.add_sample_field(name, ftype, **kwargs)
@@ -262,7 +287,7 @@ def _is_auto(tag: str) -> bool:
 
 def _filepath(record: Record, out: Path) -> str:
     # a sample without an image (unreadable input) still needs a path: a missing file shows as broken
-    return str(out / record.image) if record.image else str(out / "missing" / f"{record.sample_id}.png")
+    return str(record_file(out, record.image)) if record.image else str(out / "missing" / f"{record.sample_id}.png")
 
 
 def review_dataset(out: Path, name: str | None = None, log=_stderr):
@@ -292,7 +317,7 @@ def review_dataset(out: Path, name: str | None = None, log=_stderr):
     dataset.info["fingerprint"] = release.fingerprint  # first, so an interrupted first run can be rerun
     dataset.persistent = True
     dataset.save()
-    _declare(dataset, layout)
+    _declare(dataset, layout, au_names(release))
     dataset.create_index("sample_id", unique=True)
     existing = set(dataset.values("sample_id")) if len(dataset) else set()
     stale = existing - set(wanted)
@@ -328,7 +353,7 @@ def review_dataset(out: Path, name: str | None = None, log=_stderr):
 def _info(release: Release, layout: _Layout) -> dict:
     m = release.manifest
     return {"build": str(release.out), "fingerprint": release.fingerprint, "manifest": m.name, "version": m.version,
-            "label_names": list(release.names), "au_names": list(m.aus.names) if m.aus is not None else [],
+            "label_names": list(release.names), "au_names": au_names(release),
             "attributes": layout.attributes, "scores": layout.scores, "labellers": layout.experts,
             "review_tags": {REJECT: "drop the sample", f"{RELABEL}<class>": "give it this class: "
                             + ", ".join(release.names)}}
@@ -381,7 +406,7 @@ def collect_review(out: Path | str, name: str | None = None, log=_stderr) -> dic
     not exist or belongs to another build, and for an unknown class or two different relabel tags on one
     sample (naming the sample and the valid classes).
     """
-    from curation.review import REVIEW_FILE
+    from curation.review import build_sample_ids, check_sample_ids, write_review
 
     from .review_app import connect
 
@@ -418,10 +443,8 @@ def collect_review(out: Path | str, name: str | None = None, log=_stderr) -> dic
                             f"{', '.join(RELABEL + c for c in relabels)}", fix="keep one of them")
         elif relabels:
             decisions[sample_id] = RELABEL + relabels[0]
-    target = out / REVIEW_FILE
-    tmp = target.with_name(f".{REVIEW_FILE}.tmp")
-    tmp.write_text(json.dumps({"dataset": name, "decisions": decisions}, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, target)
+    check_sample_ids(decisions, build_sample_ids(manifest), f"FiftyOne dataset '{name}'")
+    target = write_review(out, decisions, name, "fiftyone")
     counts = Counter(d.split(":")[0] for d in decisions.values())
     log(f"review decisions from '{name}': {counts.get('reject', 0)} reject, {counts.get('relabel', 0)} relabel "
         f"-> {target}")

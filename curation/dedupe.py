@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from builder.errors import UserError
+from builder.errors import UserError, is_run_fault
+from builder.paths import record_file
 from builder.records import Drop, Record
 from builder.stage import GlobalStage
 
@@ -104,6 +105,8 @@ class DedupeStage(GlobalStage):
             try:
                 hashes.append(_hash(record, root))
             except Exception as exc:  # a bad sample is counted and skipped, never a crash
+                if is_run_fault(exc):
+                    raise
                 record.drop = Drop(self.name, "error", f"{type(exc).__name__}: {exc}")
         if self.spec.reference is not None:
             self._against_reference(hashes)
@@ -201,11 +204,11 @@ class DedupeStage(GlobalStage):
 
 
 def _hash(record: Record, root: Path) -> _Hashes:
-    from PIL import Image
+    from builder.image_io import open_rgb8
 
-    data = (root / record.image).read_bytes()
-    with Image.open(root / record.image) as im:
-        rgb = np.asarray(im.convert("RGB"))
+    path = record_file(root, record.image)
+    data = path.read_bytes()
+    rgb = np.asarray(open_rgb8(path))
     return _Hashes(record, hashlib.sha256(data).hexdigest(), pixel_sha256(rgb), phash(rgb), phash(rgb[:, ::-1]))
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from builder.errors import is_run_fault
+from builder.paths import record_file
 from builder.records import Record
 
 BATCH = 64
@@ -86,6 +88,8 @@ class FaceEmbeddings:
                 try:
                     vector = self._embed(record, root)
                 except Exception as exc:  # a bad sample is counted and left out, never a crash
+                    if is_run_fault(exc):
+                        raise
                     vector, reason = None, f"error: {type(exc).__name__}: {exc}"
                 else:
                     reason = "no_face"
@@ -105,7 +109,7 @@ class FaceEmbeddings:
 
         if self.detector is None:
             self.detector = load_detector()
-        image, face = image_and_face(root / record.image, record, self.detector, FacePolicy())
+        image, face = image_and_face(record_file(root, record.image), record, self.detector, FacePolicy())
         return None if face is None else self.embedder.embed(image, face)
 
 

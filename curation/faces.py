@@ -101,8 +101,9 @@ def find_face(detector, policy: FacePolicy, image) -> dict | None:
 def image_and_face(path, record, detector, policy: FacePolicy) -> tuple[np.ndarray, dict | None]:
     """The record's RGB image (uint8) and its face: ``record.face`` when an earlier stage found it, else the
     primary face ``policy`` keeps (stored in ``record.face``), or None when there is none."""
-    with Image.open(path) as im:
-        image = np.asarray(im.convert("RGB"))
+    from builder.image_io import open_rgb8
+
+    image = np.asarray(open_rgb8(path))
     if record.face is None or not record.face.get("landmarks"):
         found = find_face(detector, policy, image)
         if found is None:
@@ -115,6 +116,7 @@ def per_face(records, stage: str, policy: FacePolicy, compute) -> tuple[list, li
     """``compute(record)`` for each record: (values, records) of those with a face. A record whose ``compute``
     raises is dropped as ``error``, one it returns None for as ``no_face`` (the stage contract: counted, never a
     crash)."""
+    from builder.errors import is_run_fault
     from builder.records import Drop
 
     values, kept = [], []
@@ -122,6 +124,8 @@ def per_face(records, stage: str, policy: FacePolicy, compute) -> tuple[list, li
         try:
             value = compute(record)
         except Exception as exc:  # a bad sample is counted and skipped, never a crash
+            if is_run_fault(exc):
+                raise
             record.drop = Drop(stage, "error", f"{type(exc).__name__}: {exc}")
             continue
         if value is None:

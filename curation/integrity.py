@@ -1,11 +1,13 @@
-"""Image integrity: drop images that cannot be decoded or carry no picture.
+"""Image integrity: drop images that cannot be decoded, are damaged, or carry no picture.
 
-Catches truncated or missing files and flat frames (all black, all one colour:
-the usual result of fp16 overflow in a VAE decode). Reasons: ``missing_image``,
-``unreadable_image``, ``blank_image``.
+Catches missing files, files that do not decode, damaged files that do (a cut or garbled JPEG or PNG, a
+JPEG tail the decoder filled with grey: ``builder.image_io.read_checked``) and flat frames (all black, all
+one colour: the usual result of fp16 overflow in a VAE decode). Reasons: ``missing_image``,
+``unreadable_image``, ``corrupt_image``, ``blank_image``. Pixels are read as ``to_rgb8`` gives them.
 """
 from __future__ import annotations
 
+from builder.image_io import CorruptImage, read_checked, to_rgb8
 from builder.manifest import Integrity
 from builder.records import Record
 from builder.stage import Filter, ShardContext
@@ -27,10 +29,10 @@ class IntegrityFilter(Filter):
         if not path.is_file():
             return "missing_image", f"{record.image} does not exist"
         try:
-            with Image.open(path) as im:
-                im.load()
-                pixels = np.asarray(im.convert("RGB"), dtype=np.float32)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            pixels = np.asarray(to_rgb8(read_checked(path.read_bytes())), dtype=np.float32)
+        except CorruptImage as exc:
+            return "corrupt_image", str(exc)
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
             return "unreadable_image", f"{type(exc).__name__}: {exc}"
         std = float(pixels.std())
         record.scores["pixel_std"] = round(std, 3)

@@ -68,12 +68,11 @@ class FaceQualityFilter(Filter):
                 "min_brightness": s.min_brightness, "max_brightness": s.max_brightness}
 
     def check(self, record: Record, ctx: ShardContext) -> tuple[str, str] | None:
-        from PIL import Image
+        from builder.image_io import open_rgb8
 
         from .faces import align, face_entry
 
-        with Image.open(ctx.resolve(record.image)) as im:
-            image = np.asarray(im.convert("RGB"))
+        image = np.asarray(open_rgb8(ctx.resolve(record.image)))
         s = self.spec
         found = sorted((d for d in self.detector.detect(image) if d.score >= s.min_score),
                        key=lambda d: box_area(d.box), reverse=True)

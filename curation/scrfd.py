@@ -19,6 +19,7 @@ import numpy as np
 
 from builder.errors import ModelLoadError
 
+from .identity.embedders import onnx_failure
 from .mtcnn import Detection
 
 FIELD = "curation.faces.detector_model"
@@ -56,10 +57,9 @@ class SCRFDDetector:
         chosen, ctx_id = providers(device)
         try:
             loaded = get_model(str(self.path), providers=chosen)
-        except Exception as exc:  # onnxruntime's and onnx's parse errors have no common type
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ModelLoadError(f"cannot load {self.path.name} as an ONNX model: {first}", file=str(self.path),
-                                 fix=FIX) from None
+        except Exception as exc:  # onnxruntime's and onnx's parse errors, insightface's assertions: no common type
+            raise ModelLoadError(f"cannot load {self.path.name} as an ONNX model: {onnx_failure(exc)}",
+                                 file=str(self.path), fix=FIX) from None
         outputs = len(loaded.session.get_outputs()) if isinstance(loaded, SCRFD) else 0
         if not isinstance(loaded, SCRFD) or outputs not in KEYPOINT_OUTPUTS:
             kind = type(loaded).__name__ if loaded is not None else "no model insightface knows"
@@ -71,7 +71,33 @@ class SCRFDDetector:
         loaded.prepare(ctx_id=ctx_id, input_size=(size, size), det_thresh=threshold)
         self.model = loaded
         self.threshold = threshold
+        self._probe()
         self.sha256 = file_sha256(self.path)
+
+    def _probe(self) -> None:
+        """Run the graph on one blank input and check SCRFD's output shapes (per stride: scores, boxes and
+        keypoints for every anchor of every cell) before insightface's decoding sees them: a graph with SCRFD's
+        output count but other shapes fails here, at set-up, as bad input naming the file, instead of on (or
+        exhausting memory at) the first image of a shard."""
+        model = self.model
+        side = int(model.input_size[0])
+        try:
+            outputs = model.session.run(model.output_names,
+                                        {model.input_name: np.zeros((1, 3, side, side), np.float32)})
+        except Exception as exc:  # onnxruntime's run errors have no common type
+            raise ModelLoadError(f"{self.path.name} fails on a blank {side}x{side} image: {onnx_failure(exc)}",
+                                 file=str(self.path), fix=FIX) from None
+        fmc = model.fmc
+        for idx, stride in enumerate(model._feat_stride_fpn):
+            rows = (side // stride) ** 2 * model._num_anchors
+            for group, (what, width) in enumerate((("scores", 1), ("boxes", 4), ("landmarks", 10))):
+                name, out = model.output_names[idx + group * fmc], np.asarray(outputs[idx + group * fmc])
+                shape = out.shape[1:] if model.batched and out.ndim == 3 else out.shape
+                if tuple(shape) != (rows, width):
+                    raise ModelLoadError(
+                        f"{self.path.name} is not an SCRFD detector: output '{name}' has shape {tuple(out.shape)} "
+                        f"for a {side}x{side} image, SCRFD's stride-{stride} {what} are ({rows}, {width})",
+                        file=str(self.path), fix=FIX)
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         """Faces in an RGB uint8 image (H, W, 3), best score first."""

@@ -50,11 +50,11 @@ def _digest(obj) -> str:
 
 
 def _pil(image):
-    """An RGB PIL image, upright (EXIF orientation applied, as the ingest stage stores photos)."""
-    from PIL import ImageOps
+    """An upright 8-bit RGB PIL image, read as every stage reads images (``builder.image_io.to_rgb8``)."""
+    from builder.image_io import to_rgb8
 
     image.load()
-    return ImageOps.exif_transpose(image).convert("RGB")
+    return to_rgb8(image)
 
 
 # -- the build ---------------------------------------------------------------

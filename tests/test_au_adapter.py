@@ -142,3 +142,51 @@ def test_shared_projections_equal_the_two_pass_formula(tiny_model, monkeypatch, 
     assert len(calls) == len(adapter.processors), "the general path ran the second time"
     torch.testing.assert_close(one_pass, two_pass, rtol=1e-4, atol=1e-5)
     assert (one_pass - plain).abs().mean() > 1e-4, "the AU tokens change the output"
+
+
+def test_damaged_weights_and_configs_are_refused_naming_the_file(adapter_dir, tmp_path):
+    """Truncated or pickled weights and configs of the wrong shape: one ModelLoadError naming the file and the
+    field, never the safetensors library's error or a TypeError."""
+    import shutil
+
+    from safetensors.torch import load
+
+    weights_name = "au_adapter.safetensors"
+
+    def truncate(folder):
+        data = (folder / weights_name).read_bytes()
+        (folder / weights_name).write_bytes(data[: len(data) // 3])
+
+    def pickle(folder):  # a torch.save file under the safetensors name
+        torch.save(load((folder / weights_name).read_bytes()), folder / weights_name)
+
+    def config(change):
+        def edit(folder):
+            data = json.loads((folder / CONFIG_NAME).read_text())
+            (folder / CONFIG_NAME).write_text(json.dumps(change(data)))
+        return edit
+
+    cases = [
+        (truncate, weights_name, "is truncated"),
+        (pickle, weights_name, "pickled torch checkpoint (torch.save), not a safetensors file"),
+        (lambda f: (f / weights_name).write_bytes(b"\x00" * 40), weights_name, "not a safetensors file"),
+        (config(lambda d: {**d, "num_tokens": "four"}), CONFIG_NAME,
+         "field 'num_tokens': Input should be a valid integer (got 'four')"),
+        (config(lambda d: {**d, "layers": []}), CONFIG_NAME, "field 'layers': Input should be a valid dictionary"),
+        (config(lambda d: {**d, "au_names": "AU1"}), CONFIG_NAME, "field 'au_names': Input should be a valid list"),
+        (config(lambda d: {k: v for k, v in d.items() if k != "layers"}), CONFIG_NAME,
+         "field 'layers': required field is missing"),
+        (config(lambda d: {**d, "au_tokens": 4}), CONFIG_NAME, "field 'au_tokens': unknown key"),
+        (config(lambda d: [d]), CONFIG_NAME, "it must be a JSON object {...}, found a list"),
+        (config(lambda d: {**d, "hidden_dim": -3}), CONFIG_NAME, "field 'hidden_dim': Input should be greater than 0"),
+    ]
+    for n, (damage, name, message) in enumerate(cases):
+        folder = tmp_path / str(n)
+        shutil.copytree(adapter_dir, folder)
+        damage(folder)
+        with pytest.raises(ModelLoadError) as error:
+            AUAdapter.from_pretrained(folder)
+        assert error.value.file == str(folder / name), (n, error.value.render())
+        assert message in error.value.message, (n, error.value.message)
+        assert "train-au-adapter" in error.value.fix
+    assert AUAdapter.from_pretrained(adapter_dir).config.num_tokens == 4, "the intact adapter still loads"

@@ -4,9 +4,10 @@ from __future__ import annotations
 import fcntl
 import json
 import re
+from pathlib import Path
 
 import pytest
-from datasets import ClassLabel, Image, List, Value, load_from_disk
+from datasets import ClassLabel, Image, Value, load_from_disk
 from huggingface_hub import DatasetCard
 
 from builder.cli import main
@@ -31,7 +32,7 @@ def test_dataset_has_every_requested_sample_and_the_features(demo_out):
     f = dd["train"].features
     assert f["image"] == Image()
     assert f["label"] == ClassLabel(names=list(manifest.labels.names))
-    assert f["au"] == List(Value("float32"), length=12)
+    assert f["au"] == {n: Value("float32") for n in manifest.aus.names}, "named AU intensities, in AU-set order"
     for col in ("prompt", "negative_prompt", "sample_id", "age", "gender", "ethnicity", "pose", "trait",
                 "generator_model", "generator_revision", "generator_weights_sha256"):
         assert f[col] == Value("string"), col
@@ -46,7 +47,7 @@ def test_dataset_has_every_requested_sample_and_the_features(demo_out):
             seen.add(row["sample_id"])
             assert row["label"] == spec.label and row["prompt"] == spec.prompt and row["seed"] == spec.seed
             assert row["age"] == spec.attributes["age"]
-            assert row["au"] == pytest.approx(spec.au, abs=1e-6)
+            assert [row["au"][n] for n in manifest.aus.names] == pytest.approx(spec.au, abs=1e-6)
             assert row["image"].size == (64, 64)
             assert row["generator_model"] == "builtin:tiny-sd"
     assert seen == set(specs)
@@ -129,12 +130,19 @@ def test_second_process_on_the_same_folder_is_refused(demo_out, capsys):
 
 
 def test_default_out_folder_and_dropped_samples(tmp_path, write_manifest, monkeypatch, capsys):
-    """min_std above what the tiny model's images reach: every sample is dropped, counted and kept aside."""
+    """min_std above what the tiny model's images reach: every sample is dropped. The build exits 2 with the
+    funnel and releases nothing; the shards are kept, and --allow-empty releases the empty set, counted."""
     manifest = write_manifest({"name": "all-dropped", "labels": {"counts": {"happy": 2, "sad": 1}},
                                "curation": {"integrity": {"min_std": 128}}})
     monkeypatch.chdir(tmp_path)
-    assert main([str(manifest), "--no-progress"]) == 0
     out = tmp_path / "out" / "all-dropped"
+    assert main([str(manifest), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {Path('out/all-dropped')}: no sample is left to release" in err
+    assert "    integrity: 3 in, 0 kept, dropped blank_image 3" in err and "--allow-empty" in err
+    assert not (out / "stats.json").exists() and not (out / ".release.json").exists()
+    assert (out / "shards" / "integrity" / "00000" / "stats.json").is_file()
+    assert main([str(manifest), "--no-progress", "--allow-empty"]) == 0
     stats = json.loads((out / "stats.json").read_text())
     assert stats["stages"]["integrity"]["dropped"] == {"blank_image": 3}
     assert stats["released"]["total"] == 0

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from builder.cli import main
-from builder.errors import ModelLoadError
+from builder.errors import ModelLoadError, UserError
 from builder.labels import LABEL_MAPS
 from builder.store import load_fer_classifier, model_sha256
 
@@ -55,7 +55,7 @@ def test_rgb_classifier_preprocessing_and_label_mapping(tmp_path):
     save_file(TinyRGBNet().state_dict(), tmp_path / "net.safetensors")
     config = write_config(tmp_path, "tests.test_guide_config:TinyRGBNet", "net.safetensors", LABEL_MAPS["affectnet8"],
                           32, 3, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    clf = load_fer_classifier(str(config))
+    clf = load_fer_classifier(str(config), trust_remote_code=True)
     grey = torch.full((1, 3, 48, 48), 0.5)
     expected = (0.5 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
     assert torch.allclose(clf.preprocess(grey)[0, :, 0, 0], expected)
@@ -73,7 +73,9 @@ def test_config_classifier_guides_a_build(tmp_path, write_manifest):
                                "aus": {"intensity": {}},
                                "generator": {"guidance": {"classifier": str(config), "scale": 0.5, "wrt": "latents"}}})
     out = tmp_path / "out"
-    assert main([str(manifest), "--out", str(out), "--no-progress"]) == 0
+    assert main([str(manifest), "--out", str(out), "--no-progress"]) == 2, "a class outside the tool needs the opt-in"
+    assert not (out / "shards").exists()
+    assert main([str(manifest), "--out", str(out), "--no-progress", "--trust-remote-code"]) == 0
     guidance = json.loads((out / "stats.json").read_text())["guidance"]
     assert guidance["unguided_classes"] == [], "this guide knows contempt"
     assert guidance["sha256"] == model_sha256(str(config))
@@ -105,13 +107,15 @@ def test_guided_probability_rises_for_a_config_classifier(tmp_path, tiny_model):
     torch.manual_seed(3)
     save_file(TinyRGBNet().state_dict(), tmp_path / "net.safetensors")
     clf = load_fer_classifier(str(write_config(tmp_path, "tests.test_guide_config:TinyRGBNet", "net.safetensors",
-                                               LABEL_MAPS["affectnet8"], 32, 3, [0.5], [0.5])))
+                                               LABEL_MAPS["affectnet8"], 32, 3, [0.5], [0.5])),
+                              trust_remote_code=True)
     guided, unguided = (mean_guided_probability(clf, "contempt", start, "latents") for start in (2, 8))
     assert guided > unguided
 
 
 @pytest.mark.parametrize("change, message", [
     ({"architecture": "nowhere.models:Net"}, "cannot be imported"),
+    ({"weights": "../net.safetensors"}, "field 'weights' points outside"),
     ({"init_args": {"colours": 3}}, "does not accept init_args"),
     ({"weights": "net.pt"}, "pickled checkpoints are refused"),
     ({"init_args": {"width": 5}}, "weights do not fit"),
@@ -125,5 +129,58 @@ def test_config_errors(tmp_path, change, message):
     data = yaml.safe_load(config.read_text())
     data.update(change)
     config.write_text(yaml.safe_dump(data))
-    with pytest.raises(ModelLoadError, match=message):
+    with pytest.raises(UserError, match=message):
+        load_fer_classifier(str(config), trust_remote_code=True)
+
+
+# Loading a config never runs code its author chose: each target below would run a command (touch a marker
+# file) if it were imported and called with its init_args.
+HOSTILE = {
+    "subprocess-popen": ("subprocess:Popen", {"args": ["touch", "{marker}"]}),
+    "os-system": ("os:system", {"command": "touch {marker}"}),
+    "builtins-exec": ("builtins:exec", {"source": "open('{marker}', 'w').close()"}),
+    "plain-function": ("builder.cli:main", {"argv": ["schema", "--write"]}),
+    "non-module-class": ("builder.records:Drop", {"stage": "x", "reason": "y"}),
+    "project-module-function": ("torch:save", {"obj": 1, "f": "{marker}"}),
+}
+
+
+def hostile_config(tmp_path, target: str, init_args: dict):
+    marker = tmp_path / "EXECUTED"
+    args = json.loads(json.dumps(init_args).replace("{marker}", str(marker)))
+    save_file(TinyRGBNet().state_dict(), tmp_path / "net.safetensors")
+    config = write_config(tmp_path, target, "net.safetensors", LABEL_MAPS["affectnet8"], 32, 3, [0.5], [0.5], **args)
+    return config, marker
+
+
+@pytest.mark.parametrize("trust", [False, True], ids=["default", "trust_remote_code"])
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_a_config_never_calls_what_is_not_an_nn_module(tmp_path, name, trust):
+    config, marker = hostile_config(tmp_path, *HOSTILE[name])
+    outside = HOSTILE[name][0].split(".")[0].split(":")[0] not in ("builder", "torch")
+    expected = "outside this tool and torch" if outside and not trust else "not a torch.nn.Module class"
+    with pytest.raises(ModelLoadError, match=expected) as err:
+        load_fer_classifier(str(config), trust_remote_code=trust)
+    assert not marker.exists(), "the config's target was called"
+    assert err.value.file == str(config)
+    if outside and not trust:
+        assert "--trust-remote-code" in err.value.fix
+
+
+def test_a_user_class_needs_the_opt_in_and_is_not_imported_without_it(tmp_path, monkeypatch):
+    """A class outside torch and the tool: refused by default before its module is imported (importing runs the
+    module's code), loaded with trust_remote_code."""
+    import sys
+
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "evilnet.py").write_text("open(__file__ + '.imported', 'w').close()\n"
+                                        "from tests.test_guide_config import TinyRGBNet as Net\n")
+    monkeypatch.syspath_prepend(str(package))
+    monkeypatch.delitem(sys.modules, "evilnet", raising=False)
+    config, _ = hostile_config(tmp_path, "evilnet:Net", {})
+    with pytest.raises(ModelLoadError, match="'evilnet:Net' is code from the package 'evilnet'"):
         load_fer_classifier(str(config))
+    assert not (package / "evilnet.py.imported").exists()
+    assert load_fer_classifier(str(config), trust_remote_code=True).labels[-1] == "contempt"
+    assert (package / "evilnet.py.imported").exists()

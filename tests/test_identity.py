@@ -401,3 +401,51 @@ def test_leak_gate_in_a_build_reaches_the_stats_and_the_card(people, reference, 
     card = DatasetCard.load(tmp_path / "out" / "README.md").text
     assert f"cosine similarity of {THRESHOLD:.3f} or more" in card and "`identity_leak`: 1 of 2" in card
     assert "celebs/celebs:group/g1.png" in card
+
+
+@pytest.mark.filterwarnings("ignore:.*TorchScript-based ONNX export:DeprecationWarning",
+                            "ignore:The feature will be removed:DeprecationWarning")
+def test_broken_arcface_onnx_files_are_refused_naming_the_file(tmp_path, monkeypatch):
+    """Garbage bytes, a truncated export and valid ONNX graphs of the wrong shape: a ModelLoadError naming the
+    file (never onnxruntime's or protobuf's error), from a path and from a pack folder."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from curation.identity.embedders import InsightFaceEmbedder, resolve_insightface_model
+
+    good = tmp_path / "good.onnx"
+    tiny_arcface(good)
+    (tmp_path / "garbage.onnx").write_bytes(b"\x00\xffnot a protobuf\x13" * 64)
+    (tmp_path / "truncated.onnx").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+
+    def graph(name: str, output: list[int], op: str = "Identity", outputs: int = 1) -> Path:
+        nodes = [helper.make_node(op, ["x"], [f"y{i}"]) for i in range(outputs)]
+        g = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 112, 112])],
+                              [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, output)
+                               for i in range(outputs)])
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(tmp_path / f"{name}.onnx"))
+        return tmp_path / f"{name}.onnx"
+
+    cases = {
+        tmp_path / "garbage.onnx": "cannot load garbage.onnx as an ONNX model: [ONNXRuntimeError]",
+        tmp_path / "truncated.onnx": "cannot load truncated.onnx as an ONNX model: [ONNXRuntimeError]",
+        graph("image_out", [1, 3, 112, 112]): "image_out.onnx gives float32 (1, 3, 112, 112) for a face, not one "
+                                             "finite embedding vector (1, dim)",
+        graph("two_outputs", [1, 3 * 112 * 112], "Flatten", 2): "cannot load two_outputs.onnx as an ONNX model: "
+                                                                "AssertionError in insightface's model loader",
+    }
+    for path, message in cases.items():
+        with pytest.raises(ModelLoadError) as error:
+            InsightFaceEmbedder(str(path))
+        assert error.value.file == str(path) and error.value.message.startswith(message), error.value.message
+        assert "w600k_r50.onnx" in error.value.fix
+    assert InsightFaceEmbedder(str(good)).dim == 512, "a sound model still loads"
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # a pack whose only .onnx is damaged
+    pack = tmp_path / "home" / ".insightface" / "models" / "damaged"
+    pack.mkdir(parents=True)
+    shutil.copy(tmp_path / "truncated.onnx", pack / "w600k_r50.onnx")
+    with pytest.raises(ModelLoadError) as error:
+        resolve_insightface_model("damaged")
+    assert error.value.file == str(pack)
+    assert "holds no ArcFace-shaped recognition .onnx (its .onnx files: w600k_r50.onnx" in error.value.message

@@ -243,3 +243,283 @@ def test_top_k_is_deterministic_and_breaks_ties_by_sample_id():
         assert {r.sample_id: r.drop.reason for r in out if r.drop} == {"s-1": "below_top_k", "s-2": "below_top_k"}
     out = list(TopKPerClass(3).process([Record.from_json(r.to_json()) for r in records]))
     assert [r.sample_id for r in out if r.drop] == ["s-2"]  # the tie at 0.7 goes to the smaller id
+
+
+# -- issue 17: formats, damaged files, the listing's skips, write faults --------------------------------------
+def photo_manifest(where: Path, folder: Path, name: str, **images) -> Path:
+    """The example manifest over ``folder`` (absolute), written to ``where/name.yaml``."""
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["name"] = name
+    data["images"] = {"folder": str(folder), **images}
+    path = where / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def encoded(image: Image.Image, fmt: str, **params) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, fmt, **params)
+    return buf.getvalue()
+
+
+SUFFIX_FORMAT = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+
+
+def stored_images(out: Path) -> dict[str, bytes]:
+    """Every image file the ingest stage committed, by path relative to the build folder."""
+    return {p.relative_to(out).as_posix(): p.read_bytes()
+            for p in sorted((out / "shards" / "ingest").glob("0*/images/*"))}
+
+
+def records_of(out: Path, stage: str, name: str) -> list[Record]:
+    return [Record.from_json(line) for shard in sorted((out / "shards" / stage).glob("0*"))
+            for line in (shard / name).read_text().splitlines()]
+
+
+def test_listing_counts_what_it_skips_and_keeps_fingerprints(tmp_path):
+    import hashlib
+    import os
+
+    from builder.manifest import ImagesSource
+    from builder.sources import list_images
+
+    folder, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+    (folder / "sub").mkdir(parents=True)
+    elsewhere.mkdir()
+    for path in (folder / "a.png", folder / "sub" / "b.png", elsewhere / "c.png"):
+        Image.new("RGB", (8, 8), (1, 2, 3)).save(path)
+    (folder / "d.gif").write_bytes(encoded(Image.new("RGB", (8, 8)), "GIF"))
+    old = hashlib.sha256("".join(f"{rel}\t{(folder / rel).stat().st_size}\n"
+                                 for rel in ("a.png", "d.gif", "sub/b.png")).encode()).hexdigest()
+    clean = list_images(ImagesSource(folder=str(folder)))
+    assert clean.paths == ("a.png", "d.gif", "sub/b.png") and clean.skipped == ()
+    assert clean.sha256 == old  # a folder that skips nothing keeps the fingerprint it always had
+
+    (folder / ".DS_Store").write_bytes(b"\0")
+    (folder / ".git").mkdir()
+    (folder / ".git" / "x.png").write_bytes(b"")
+    hidden = list_images(ImagesSource(folder=str(folder)))
+    assert dict(hidden.skipped) == {"hidden": 2} and hidden.reported_skips() == {} and hidden.sha256 == old
+
+    (folder / "notes.txt").write_text("not a picture")
+    (folder / "gone.png").symlink_to(tmp_path / "missing.png")
+    (folder / "out.png").symlink_to(elsewhere / "c.png")
+    (folder / "out-dir").symlink_to(elsewhere)
+    (folder / "sub" / "up").symlink_to(folder)
+    (folder / "alias").symlink_to(folder / "sub")  # a linked folder inside: entered
+    os.mkfifo(folder / "pipe.png")
+    listing = list_images(ImagesSource(folder=str(folder)))
+    assert listing.paths == ("a.png", "alias/b.png", "d.gif", "sub/b.png")
+    assert listing.reported_skips() == {"dangling_link": 1, "link_loop": 2, "link_outside_folder": 2,
+                                        "not_a_file": 1, "unsupported_format": 1}
+    assert listing.sha256 != old
+
+    follow = list_images(ImagesSource(folder=str(folder), follow_links_outside=True))
+    assert follow.paths == ("a.png", "alias/b.png", "d.gif", "out-dir/c.png", "out.png", "sub/b.png")
+    assert "link_outside_folder" not in follow.reported_skips()
+
+    flat = list_images(ImagesSource(folder=str(folder), recursive=False))
+    assert flat.paths == ("a.png", "d.gif") and dict(flat.skipped)["subfolder"] == 2  # sub, alias
+    assert "subfolder" not in flat.reported_skips()
+
+
+def test_follow_links_outside_is_left_out_of_the_fingerprint_at_its_default(faces):
+    from builder.manifest import Manifest
+
+    base = yaml.safe_load(EXAMPLE.read_text())
+    base["images"]["folder"] = str(faces)
+    plain = Manifest.model_validate(base)
+    base["images"]["follow_links_outside"] = False
+    explicit = Manifest.model_validate(base)
+    assert "follow_links_outside" not in plain.identity()["images"]
+    assert plain.identity() == explicit.identity()
+    base["images"]["follow_links_outside"] = True
+    assert Manifest.model_validate(base).identity()["images"]["follow_links_outside"] is True
+
+
+def test_ingest_stores_bytes_that_match_their_suffix(faces, tmp_path):
+    from builder.ingest import IngestStage
+    from builder.manifest import ImagesSource
+    from builder.shards import ShardStore, run_stage_on_shard
+    from builder.sources import image_specs, list_images
+
+    photo = Image.open(faces / "portrait.png").convert("RGB")
+    grey16 = (np.asarray(photo.convert("L")).astype(np.uint16) * 257)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    files = {"a-gif-named.png": encoded(photo, "GIF"), "b.tif": encoded(photo, "TIFF"),
+             "c.jpeg": encoded(photo, "JPEG", quality=90), "d.bmp": encoded(photo, "BMP"),
+             "e.png": encoded(photo, "PNG"), "f-16bit.png": encoded(Image.fromarray(grey16), "PNG"),
+             "g-jpeg-named.png": encoded(photo, "JPEG", quality=90), "h.webp": encoded(photo, "WEBP", quality=90),
+             "i-rgba.png": encoded(photo.convert("RGBA"), "PNG")}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    spec = ImagesSource(folder=str(folder))
+
+    class M:  # the two fields image_specs reads
+        name, listing = "formats", list_images(spec)
+
+    stage = IngestStage(spec, M.listing)
+    (tmp_path / "elsewhere.png").write_bytes(files["e.png"])
+    kept = run_stage_on_shard(stage, ShardStore(tmp_path / "build"), 0, image_specs(M, range(len(files))))
+    stored = {r.source: tmp_path / "build" / r.image for r in kept}
+    assert sorted(stored) == sorted(files)
+    for source, path in stored.items():
+        with Image.open(path) as im:
+            assert im.format == SUFFIX_FORMAT[path.suffix], (source, path.name, im.format)
+            assert im.mode == "RGB" or source == "c.jpeg"
+    kept_as_is = {s: p.suffix for s, p in stored.items() if p.read_bytes() == files[s]}
+    assert kept_as_is == {"c.jpeg": ".jpeg", "e.png": ".png", "g-jpeg-named.png": ".jpg", "h.webp": ".webp"}
+    assert np.abs(np.asarray(Image.open(stored["f-16bit.png"]))[..., 0].astype(int)
+                  - np.asarray(photo.convert("L")).astype(int)).max() == 0  # v * 257 stored as v
+
+    (folder / "e.png").unlink()
+    (folder / "e.png").symlink_to(tmp_path / "elsewhere.png")  # swapped for a link after the listing
+    again = list(stage.process(image_specs(M, range(len(files))), ShardStore(tmp_path / "again").context("ingest", 0)))
+    dropped = {r.source: r.drop.reason for r in again if r.drop}
+    assert dropped == {"e.png": "link_outside_folder"}
+
+
+@pytest.fixture(scope="module")
+def formats_build(faces, tmp_path_factory):
+    """A build over a 16-bit grey face, a GIF, TIFF bytes named .png, a cut-out with transparency, a JPEG
+    garbled so the decoder fills its tail with grey, and files the listing skips."""
+    work = tmp_path_factory.mktemp("formats")
+    folder = work / "photos"
+    folder.mkdir()
+    portrait = Image.open(faces / "portrait.png").convert("RGB")
+    Image.fromarray(np.asarray(portrait.convert("L")).astype(np.uint16) * 257).save(folder / "portrait16.png")
+    Image.open(faces / "astronaut.png").convert("RGB").save(folder / "astronaut.gif")
+    (folder / "group-4.png").write_bytes(encoded(Image.open(faces / "group-4.png").convert("RGB"), "TIFF"))
+    cutout = Image.open(faces / "group-2.png").convert("RGBA")
+    alpha = np.full(cutout.size[::-1], 255, np.uint8)
+    alpha[:, : cutout.width // 8] = 0  # a transparent strip on the left
+    cutout.putalpha(Image.fromarray(alpha))
+    cutout.save(folder / "group-2.png")
+    jpeg = encoded(Image.open(faces / "astronaut.png").convert("RGB"), "JPEG", quality=90)
+    (folder / "garbled.jpg").write_bytes(jpeg[: len(jpeg) * 6 // 10] + b"\xff\xd9")
+    (folder / "notes.txt").write_text("not a picture")
+    (folder / ".hidden.png").write_bytes(b"")
+    (folder / "dangling.png").symlink_to(work / "missing.png")
+    shutil.copy(faces / "group-6.png", work / "outside.png")
+    (folder / "outside.png").symlink_to(work / "outside.png")
+    manifest = photo_manifest(work, folder, "formats", top_k_per_class=None)
+    out = work / "out"
+    assert main([str(manifest), "--out", str(out), "--no-progress"]) == 0
+    return folder, out
+
+
+def test_a_16_bit_grey_face_is_labelled_and_released_as_8_bit(formats_build):
+    folder, out = formats_build
+    faces_dropped = {r.source: r.drop.reason for r in rejected(out, "faces")}
+    assert "portrait16.png" not in faces_dropped, faces_dropped  # was no_face: a white frame after convert("RGB")
+    labelled = {r.source: r for r in records_of(out, "label", "records.jsonl")}
+    assert labelled["portrait16.png"].labelling["disposition"] == "labelled" and labelled["portrait16.png"].label >= 0
+    path = out / labelled["portrait16.png"].image
+    with Image.open(path) as im:
+        assert (im.format, im.mode, path.suffix) == ("PNG", "RGB", ".png")
+        grey = np.asarray(im).astype(int)
+    source = np.asarray(Image.open(folder / "portrait16.png")).astype(int)
+    assert np.abs(grey[..., 0] - np.rint(source / 257)).max() == 0 and (grey[..., 0] == grey[..., 2]).all()
+    released = {r["source_file"]: r for r in load_from_disk(str(out / "hf"))["train"]}
+    assert "portrait16.png" in released
+
+
+def test_released_bytes_match_their_suffix_and_skips_are_counted(formats_build):
+    _, out = formats_build
+    for rel in stored_images(out):
+        with Image.open(out / rel) as im:
+            assert im.format == SUFFIX_FORMAT[Path(rel).suffix], rel
+    by_source = {r.source: r for r in records_of(out, "ingest", "records.jsonl")}
+    assert sorted(by_source) == ["astronaut.gif", "group-2.png", "group-4.png", "portrait16.png"]
+    assert all(by_source[s].image.endswith(".png") for s in by_source)
+    assert (out / by_source["group-4.png"].image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # was TIFF bytes
+    with Image.open(out / by_source["group-2.png"].image) as im:
+        assert im.mode == "RGB" and (np.asarray(im)[:, :4] == 255).all()  # transparency on white
+
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["stages"]["ingest"]["dropped"] == {"corrupt_image": 1}
+    assert [(r.source, r.drop.reason) for r in rejected(out, "ingest")] == [("garbled.jpg", "corrupt_image")]
+    assert "flat mid-grey" in rejected(out, "ingest")[0].drop.detail
+    assert stats["source"]["count"] == 5
+    assert stats["source"]["skipped"] == {"dangling_link": 1, "link_outside_folder": 1, "unsupported_format": 1}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(faces, tmp_path_factory):
+    """The example manifest over the 8 photos (2 shards of 4), built without a fault."""
+    work = tmp_path_factory.mktemp("faults")
+    manifest = photo_manifest(work, faces, "faults")
+    out = work / "reference"
+    assert main([str(manifest), "--out", str(out), "--no-progress"]) == 0
+    return manifest, out
+
+
+def assert_same_release(out: Path, reference: Path) -> None:
+    from tests.conftest import dataset_rows, stage_counts
+
+    assert dataset_rows(out) == dataset_rows(reference)
+    assert stage_counts(out) == stage_counts(reference)
+    assert stored_images(out) == stored_images(reference)
+    for path in sorted((reference / "rejected").glob("*.jsonl")):
+        assert (out / "rejected" / path.name).read_text() == path.read_text(), path.name
+    assert not list(out.rglob(".tmp-*"))
+
+
+def test_a_full_disk_while_ingesting_stops_the_run_and_loses_no_image(uninterrupted, tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+
+    from builder.shards import ShardStore
+
+    manifest, reference = uninterrupted
+    out = tmp_path / "out"
+    real_write = Path.write_bytes
+    ingested: list[str] = []
+
+    def full_disk(self, data):
+        if "shards/ingest" in self.as_posix():
+            ingested.append(self.name)
+            if len(ingested) == 6:  # the second image of the second shard
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    capsys.readouterr()
+    assert main([str(manifest), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"\nerror: {out}: cannot write ({out}/shards/ingest/.tmp-00001-" in err, err
+    assert "the disk is full" in err and "\n  fix: free space" in err and "Traceback" not in err
+    store = ShardStore(out)
+    assert store.is_done("label", 0) and not store.is_done("ingest", 1)  # shard 1 was not committed
+    assert not list(out.rglob(".tmp-*")) and store.rejected("ingest", 0) == []
+
+    monkeypatch.undo()
+    assert main([str(manifest), "--out", str(out), "--no-progress"]) == 0
+    assert_same_release(out, reference)
+
+
+def test_a_file_size_limit_while_ingesting_stops_the_run_and_loses_no_image(uninterrupted, tmp_path):
+    """A real EFBIG: the build runs under RLIMIT_FSIZE (SIGXFSZ ignored) below the astronaut photo's size."""
+    import subprocess
+    import sys
+
+    manifest, reference = uninterrupted
+    out = tmp_path / "out"
+    limit = 200_000  # astronaut.png, the first listed image, has 424 kB
+    script = ("import resource, signal, sys\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+              "from builder.cli import main\n"
+              "sys.exit(main(sys.argv[1:]))\n")
+    run = subprocess.run([sys.executable, "-c", script, str(manifest), "--out", str(out), "--no-progress"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 2, run.stderr
+    assert f"error: {out}: cannot write (" in run.stderr and "a file would exceed the file-size limit" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (out / "shards" / "ingest" / "00000").exists() and not list(out.rglob(".tmp-*"))
+
+    assert main([str(manifest), "--out", str(out), "--no-progress"]) == 0
+    assert_same_release(out, reference)

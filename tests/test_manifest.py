@@ -81,7 +81,7 @@ def test_fields_added_later_leave_old_fingerprints_alone(demo_data):
     assert "identities" not in curation and "embedder" not in curation
     assert "reference" not in curation["dedupe"] and "detector" not in curation["faces"]
     assert fingerprint(base) == "5ff59527f838" + fingerprint(base)[12:], "demo.yaml's fingerprint before them"
-    assert len(ADDED_AT_DEFAULT) == 9
+    assert len(ADDED_AT_DEFAULT) == 10
     changed = {"identities": {"threshold": 0.9}, "dedupe": {"embedding_similarity": 0.97},
                "faces": {"enabled": False, "detector": "scrfd", "detector_model": "det.onnx"}}
     for key, value in changed.items():

@@ -15,6 +15,7 @@ import base64
 import hashlib
 import json
 import re
+import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -300,7 +301,8 @@ def release(tmp_path) -> Path:
     out = tmp_path / "out" / "demo"
     out.mkdir(parents=True)
     (out / "README.md").write_text(
-        "---\nlicense: other\ntask_categories: [image-classification]\nconfigs:\n- config_name: default\n"
+        "---\nlicense: other\nlicense_name: fer-synth-test\nlicense_link: https://example.org/licence\n"
+        "task_categories: [image-classification]\nconfigs:\n- config_name: default\n"
         "  data_files:\n  - split: train\n    path: data/train-*.parquet\n  - split: validation\n"
         "    path: data/validation-*.parquet\n---\n# demo\n\nA tiny test release.\n")
     (out / "stats.json").write_text(json.dumps({"dataset": "demo", "version": "0.1.0", "tool_version": "0.0.test",
@@ -485,3 +487,53 @@ def test_card_metadata_the_hub_would_refuse_stops_the_push_before_any_request(hu
     code, output = push(release, capfd)
     assert code == 2 and "breaks the Hub's rules: size_categories: 'tiny'" in output
     assert hub.requests == [] and hub.commits == []
+
+
+def test_offline_push_stops_before_any_request_and_before_asking_for_a_token(hub, release, capfd, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    for token in (TOKEN, None):  # offline is the first thing to fix, with or without a token
+        if token is None:
+            monkeypatch.delenv("HF_TOKEN")
+        code, output = push(release, capfd)
+        assert code == 2, output
+        assert output.startswith(f"error: cannot push to datasets/{REPO}@main: HF_HUB_OFFLINE is set"), output
+        assert "unset HF_HUB_OFFLINE" in output and "no Hugging Face token" not in output
+        assert_no_secret(output)
+    assert hub.requests == [] and hub.commits == []
+
+
+@pytest.mark.parametrize("name", ["data/train-00000-of-00001.parquet", "README.md", "stats.json", "data"])
+def test_links_that_leave_the_release_are_refused(hub, release, capfd, tmp_path, name):
+    """A release folder someone handed over: a file (or the data folder) that links outside it is refused, naming
+    it, before anything is read or sent; a link that stays inside the folder is fine."""
+    secret = tmp_path / "home" / ".ssh" / "id_rsa"
+    secret.parent.mkdir(parents=True)
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nTESTSECRET\n")
+    target = release / name
+    if name == "data":  # the whole folder, with a file of the same name elsewhere
+        elsewhere = tmp_path / "elsewhere"
+        shutil.copytree(target, elsewhere)
+        shutil.rmtree(target)
+        target.symlink_to(elsewhere, target_is_directory=True)
+        named, resolved = release / FIRST_PUSH[1], elsewhere / Path(FIRST_PUSH[1]).name
+    else:
+        target.unlink()
+        target.symlink_to(secret)
+        named, resolved = target, secret
+    for args in ((), ("--dry-run",)):
+        code, output = push(release, capfd, *args)
+        assert code == 2, output
+        assert output.startswith(f"error: {named}: is a link to {resolved}, outside the release folder {release}"), \
+            output
+        assert "TESTSECRET" not in output
+    assert hub.requests == [] and hub.commits == []
+
+
+def test_links_inside_the_release_are_pushed(hub, release, capfd):
+    copy = release / "figures" / "copy.png"
+    copy.symlink_to(release / "figures" / "class_counts.png")
+    from cards.push import release_files
+
+    assert release_files(release)["figures/copy.png"] == copy

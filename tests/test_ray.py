@@ -1,8 +1,9 @@
 """The Ray executor: same dataset as the local one, resumable across executors, errors as themselves.
 
 Every Ray here is local with 2 CPUs. CPU pixels depend on torch's thread count by float rounding (at most one
-grey level); Ray gives each actor as many threads as CPUs it holds (1 here), so the local reference is built
-with OMP_NUM_THREADS=1 and the datasets must then be equal byte for byte.
+grey level). Ray would give each actor as many threads as CPUs it holds (1 here), but a build records the thread
+count it started with (build.json) and every worker applies it, so the default local build, the Ray build and
+builds resumed under another executor or thread default are equal byte for byte.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def cli(*args, env: dict | None = None, timeout: float = 300) -> subprocess.Comp
 
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+"""A process whose torch default is one thread (as in a 1-CPU Ray actor): the build's recorded count must win."""
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +47,9 @@ def manifest(tmp_path_factory, demo_data) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(manifest, tmp_path_factory) -> Path:
-    """The local executor's build (one torch thread, as in a 1-CPU Ray actor)."""
+    """The local executor's build with this machine's default thread count."""
     out = tmp_path_factory.mktemp("local") / "out"
-    result = cli(manifest, "--out", out, env=ONE_THREAD)
+    result = cli(manifest, "--out", out)
     assert result.returncode == 0, result.stderr
     return out
 
@@ -83,6 +85,10 @@ def test_ray_build_equals_the_local_build(ray_build, reference):
     log = schedule(out)
     assert sorted(e["shard"] for e in log) == list(range(7))
     assert len({e["pid"] for e in log}) == 2, "two actors, each one process: the model loaded once per actor"
+    threads = json.loads((out / "build.json").read_text())["threads"]
+    assert threads == json.loads((reference / "build.json").read_text())["threads"]
+    ran = {json.loads(p.read_text())["runtime"]["threads"] for p in (out / "shards").glob("*/0*/stats.json")}
+    assert ran == {threads}, "every actor applied the build's thread count, not Ray's one per CPU"
 
 
 def test_ray_build_resumed_by_the_local_executor(ray_build, manifest, reference, tmp_path):
@@ -103,8 +109,7 @@ def test_local_build_resumed_by_ray(manifest, reference, tmp_path):
     """A local build killed mid-generation is finished by Ray; finished shards are not redone."""
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "builder.cli", str(manifest), "--out", str(out), "--no-progress"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **ONE_THREAD})
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     kill_when(proc, lambda: done_shards(out, "generate") >= 2 and staging(out, "generate"))
     finished = {p.parent.name: p.stat().st_mtime_ns for p in (out / "shards" / "integrity").glob("0*/stats.json")}
     assert 2 <= len(finished) < 7
@@ -120,12 +125,13 @@ def test_local_build_resumed_by_ray(manifest, reference, tmp_path):
 
 
 def test_user_error_in_an_actor_exits_2_with_its_message(tmp_path, write_manifest):
-    missing = tmp_path / "gone"
-    manifest = write_manifest({"generator": {"model": str(missing)}})
+    """An error only the generator's set-up finds (half precision on a CPU: the model references are fine, so
+    the checks before the first shard pass) is raised in the actor and reaches the user as itself."""
+    manifest = write_manifest({"generator": {"dtype": "float16", "device": "cpu"}})
     local = cli(manifest, "--out", tmp_path / "local")
     remote = cli(manifest, "--out", tmp_path / "ray", "--executor", "ray")
     assert local.returncode == remote.returncode == 2, remote.stderr
-    message = f"error: generator.model folder '{missing}' does not exist"
+    message = "error: generator.dtype 'float16' is not supported on CPU"
     for result in (local, remote):
         assert message in result.stderr and "Traceback" not in result.stderr
     error = remote.stderr[remote.stderr.index("error: "):]

@@ -112,8 +112,8 @@ def test_review_decisions_reject_and_relabel(release_out, tmp_path, capsys):
     assert (review["in"], review["kept"], review["dropped"]) == (before["released"]["total"],
                                                                   before["released"]["total"] - 1,
                                                                   {"reviewer_reject": 1})
-    assert review["meta"] == {"dataset": "by hand", "decisions": 3, "rejected": 1, "relabelled": 1,
-                              "not_released": 1}
+    assert review["meta"] == {"source": "file", "dataset": "by hand", "decisions": 3, "rejected": 1,
+                              "relabelled": 1, "not_released": 1}
     released = {r.sample_id: r for p in (release_out / "records").glob("*.jsonl")
                 for r in map(Record.from_json, p.read_text().splitlines())}
     assert first.sample_id not in released and released[second.sample_id].label_name == new_class
@@ -150,8 +150,68 @@ def test_hub_metadata_rules_catch_bad_values():
     for needle in ("size_categories: 'n<2K'", "license: 'free'", "task_categories: 'fer'",
                    "annotations_creators: 'robots'", "unique", "configs: a:"):
         assert needle in text, needle
-    assert validate_metadata({"license": "other", "size_categories": "n<1K"}) == []
+    assert validate_metadata({"license": "other", "license_name": "unknown", "license_link": "README.md#licence",
+                              "size_categories": "n<1K"}) == []
     assert validate_card_text("no metadata") == ["the card has no YAML metadata block"]
+
+
+def test_license_other_needs_a_name_and_a_link():
+    """The Hub's card rules: 'license: other' comes with license_name and license_link."""
+    assert validate_metadata({"license": "other"}) == [
+        "license_name: 'license: other' needs it (the licence's id and a link to its text)",
+        "license_link: 'license: other' needs it (the licence's id and a link to its text)"]
+    assert [p.split(":")[0] for p in validate_metadata({"license": ["mit", "other"], "license_name": "x",
+                                                        "license_link": " "})] == ["license_link"]
+    assert validate_metadata({"license": "mit"}) == []
+
+
+@pytest.mark.parametrize("provenance, licence, says", [
+    ({"model": "builtin:tiny-sd", "revision": "builtin-1", "license": "mit"}, {"license": "mit"},
+     "random, made by this tool"),
+    ({"model": "org/sd", "revision": "abc", "license": "creativeml-openrail-m"},
+     {"license": "creativeml-openrail-m"}, "declares in its model card"),
+    ({"model": "org/sd", "revision": "abc", "license": None},
+     {"license": "other", "license_name": "unknown", "license_link": "https://huggingface.co/org/sd"},
+     "its model card names no licence"),
+    ({"model": "org/sd", "revision": "abc", "license": "other"},
+     {"license": "other", "license_name": "generator-model-licence", "license_link": "https://huggingface.co/org/sd"},
+     "declares its own licence (`other`)"),
+    ({"model": "/models/sd", "revision": "local", "license": "My Licence 1.0"},
+     {"license": "other", "license_name": "my-licence-1.0", "license_link": "README.md#licence"},
+     "not a Hub id (`My Licence 1.0`)"),
+    (None, {"license": "other", "license_name": "unknown", "license_link": "README.md#licence"},
+     "the images are copies of the source images"),
+], ids=["builtin", "hub-id", "no-licence", "other", "local-free-text", "images-source"])
+def test_card_licence_metadata_passes_the_hub_rules_and_the_card_explains_it(release_out, provenance, licence,
+                                                                               says):
+    from builder.run import load_build
+    from cards.card import _licence_lines, card_licence, render_card
+
+    assert card_licence(provenance) == licence and validate_metadata(licence) == []
+    if provenance is None:  # an images source: its licence is the source images'
+        section = _licence_lines(licence, None)[0]
+    else:
+        manifest, _ = load_build(release_out, verify=False)
+        stats = stats_of(release_out)
+        text = str(render_card(manifest, stats, {**stats["generator"], **provenance}))
+        assert validate_card_text(text) == []
+        meta = DatasetCard(text).data.to_dict()
+        assert {k: meta.get(k) for k in ("license", "license_name", "license_link")} == {
+            "license_name": None, "license_link": None, **licence}
+        section = text.split("\n## Licence\n\n", 1)[1].split("\n\n", 1)[0]
+    assert says in section and f"`license: {licence['license']}`" in section
+
+
+def test_card_of_a_release_without_drops_says_it_has_no_rejected_config():
+    """`datasets` cannot load a config with no rows, so a release with nothing dropped lists none, and says so."""
+    from cards.card import _files_lines, hub_configs
+
+    files = {"train": ["data/train-00000-of-00001.parquet"]}
+    assert [c["config_name"] for c in hub_configs(files)] == ["default"]
+    assert "No sample was dropped, so this release has no `rejected` config" in _files_lines(files)[0]
+    with_rejects = {**files, "rejected": ["data/rejected-00000-of-00001.parquet"]}
+    assert [c["config_name"] for c in hub_configs(with_rejects)] == ["default", "rejected"]
+    assert 'load_dataset(REPO, "rejected")' in _files_lines(with_rejects)[0]
 
 
 @pytest.mark.parametrize("edit, message", [

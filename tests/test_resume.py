@@ -1,6 +1,7 @@
 """Resumption: a build killed with SIGKILL at any point and rerun equals an uninterrupted build."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -36,9 +37,9 @@ def reference(manifest, tmp_path_factory):
     return out
 
 
-def start(manifest: Path, out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "builder.cli", str(manifest), "--out", str(out), "--no-progress"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def start(manifest: Path, out: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "builder.cli", str(manifest), "--out", str(out), "--no-progress",
+                             *extra], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def kill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
@@ -137,7 +138,7 @@ def test_model_error_on_resume_loses_nothing(tmp_path, tiny_model, write_manifes
     capsys.readouterr()
     assert main([str(manifest), "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert f"generator.model folder '{model}' does not exist" in err and "Traceback" not in err
+    assert f"generator.model: '{model}' does not exist" in err and "Traceback" not in err
     assert {p: p.read_bytes() for p in (out / "shards").rglob("*") if p.is_file()} == kept
 
 
@@ -195,3 +196,24 @@ def test_changed_model_files_are_refused_before_any_work(tmp_path, tiny_model, w
     assert "stage 'generate' is set up differently from the shards already in" in err
     assert "weights_sha256" in err and "fix: resume where the same model files" in err
     assert not (out / "shards" / "generate" / "00003").exists()
+
+
+def test_resumed_with_another_thread_default_gives_the_same_bytes(manifest, tmp_path):
+    """CPU pixels depend on torch's thread count. A build started with --threads 1, killed, and resumed by a
+    process whose default is another count applies the recorded 1 and equals an uninterrupted --threads 1 build;
+    --threads on the resume overrides it, with a warning."""
+    reference = tmp_path / "reference"
+    assert main([str(manifest), "--out", str(reference), "--no-progress", "--threads", "1"]) == 0
+    out = tmp_path / "out"
+    kill_when(start(manifest, out, "--threads", "1"), lambda: KILL_POINTS["mid-generation"](out))
+    assert json.loads((out / "build.json").read_text())["threads"] == 1
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    rerun = subprocess.run([sys.executable, "-m", "builder.cli", str(manifest), "--out", str(out), "--no-progress"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert dataset_rows(out) == dataset_rows(reference)
+    ran = {json.loads(p.read_text())["runtime"]["threads"] for p in (out / "shards").glob("*/0*/stats.json")}
+    assert ran == {1}
+    result = subprocess.run([sys.executable, "-m", "builder.cli", str(manifest), "--out", str(out), "--no-progress",
+                             "--threads", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "--threads 2 differs from the 1 threads this build started with" in result.stderr

@@ -150,13 +150,16 @@ def test_generated_build_fields_tags_and_views(demo_build, demo_review):
     assert set(samples) == set(found) and len(ds) == len(found) == 28
     assert ds.info["au_names"] == list(AU_SETS["disfa12"]) and ds.info["label_names"] == list(manifest.labels.names)
     assert ds.info["fingerprint"] == fingerprint
+    flat = ds.get_field_schema(flat=True)
+    assert all(type(flat[f"au.{n}"]).__name__ == "FloatField" for n in ds.info["au_names"])  # filterable in the App
     for sid, (record, split) in found.items():
         s = samples[sid]
         assert s.filepath == str(out / record.image) and Path(s.filepath).is_file()
         assert (s.split, s.index, s.label_name, s.prompt, s.seed) == (split, record.index, record.label_name,
                                                                       record.prompt, record.seed)
         assert s.ground_truth.label == record.label_name and s.predictions is None
-        assert s.au == pytest.approx(record.au) and s.pixel_std == pytest.approx(record.scores["pixel_std"])
+        assert [s.au[n] for n in ds.info["au_names"]] == pytest.approx(record.au)  # named, like the release's
+        assert s.pixel_std == pytest.approx(record.scores["pixel_std"])
         assert {k: s[k] for k in record.attributes} == record.attributes
         if record.drop:
             assert s.tags == ["rejected", f"rejected:{record.drop.stage}"]
@@ -202,6 +205,29 @@ def test_review_again_is_idempotent_and_keeps_reviewer_tags(demo_build, demo_rev
         ds.untag_samples(["reject", "looked-at", "relabel:happy"])
 
 
+def test_review_of_a_dataset_with_the_old_au_list_declares_named_aus(demo_build, demo_review):
+    """A dataset an older review made holds ``au`` as a list of floats; reviewing again turns it into named AUs."""
+    import fiftyone as fo
+
+    from cards.review import build_manifest, review_dataset
+
+    manifest, fingerprint = build_manifest(demo_build.resolve())
+    old = fo.Dataset("fer-synth/old-au-list")
+    try:
+        old.info["fingerprint"] = fingerprint
+        old.save()
+        old.add_sample_field("au", fo.ListField, subfield=fo.FloatField)
+        record = next(iter(records(demo_build.resolve())[0].values()))[0]
+        old.add_sample(fo.Sample(filepath=str(demo_build.resolve() / record.image), sample_id=record.sample_id,
+                                 au=[float(v) for v in record.au]))
+        again = review_dataset(demo_build, name=old.name, log=lambda message: None)
+        assert isinstance(again.get_field("au"), fo.EmbeddedDocumentField)
+        sample = again.select_by("sample_id", [record.sample_id]).first()
+        assert [sample.au[n] for n in manifest.aus.names] == pytest.approx(record.au)
+    finally:
+        fo.delete_dataset("fer-synth/old-au-list")
+
+
 def test_collect_review_reads_the_tags_into_review_json(demo_build, demo_review):
     from cards.review import collect_review
     from curation.review import ReviewStage
@@ -217,7 +243,7 @@ def test_collect_review_reads_the_tags_into_review_json(demo_build, demo_review)
         decisions = collect_review(out, log=messages.append)
         assert decisions == {a: "reject", b: "relabel:happy"}
         written = json.loads((out / "review.json").read_text())
-        assert written == {"dataset": ds.name, "decisions": {a: "reject", b: "relabel:happy"}}
+        assert written == {"source": "fiftyone", "dataset": ds.name, "decisions": {a: "reject", b: "relabel:happy"}}
         assert list(written["decisions"]) == sorted(written["decisions"])
         stage = ReviewStage.from_file(out / "review.json", ds.info["label_names"])  # what `release` reads
         assert stage.decisions == {a: None, b: ds.info["label_names"].index("happy")}

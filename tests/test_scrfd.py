@@ -163,6 +163,33 @@ def test_files_that_are_not_scrfd_detectors_are_refused(models, tmp_path):
         assert error.value.file == str(path) and "det_10g.onnx" in error.value.fix
 
 
+def test_truncated_and_misshapen_scrfd_graphs_are_refused_at_setup(models, tmp_path):
+    """A truncated export, and a graph with SCRFD's nine outputs of other shapes: refused when the detector is made
+    (naming the file), not on the first image; an intact model still detects nothing on a blank image."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(models["dynamic"].read_bytes()[:2000])
+    nine = tmp_path / "nine.onnx"  # nine outputs, each the flattened image instead of rows per anchor
+    graph = helper.make_graph([helper.make_node("Flatten", ["input.1"], [f"out{i}"]) for i in range(9)], "nine",
+                              [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, "h", "w"])],
+                              [helper.make_tensor_value_info(f"out{i}", TensorProto.FLOAT, [1, None])
+                               for i in range(9)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(nine))
+    cases = {truncated: "cannot load truncated.onnx as an ONNX model: [ONNXRuntimeError]",
+             nine: "nine.onnx is not an SCRFD detector: output 'out0' has shape (1, 307200) for a 320x320 image, "
+                   "SCRFD's stride-8 scores are (3200, 1)"}
+    for path, message in cases.items():
+        with pytest.raises(ModelLoadError) as error:
+            SCRFDDetector(path, size=320)
+        assert error.value.file == str(path) and error.value.message.startswith(message), error.value.message
+        assert "det_10g.onnx" in error.value.fix
+    assert SCRFDDetector(models["fixed"], size=320).detect(np.zeros((64, 64, 3), np.uint8)) == []
+
+
 def test_manifest_fields_for_the_detector(write_manifest, tmp_path, capsys):
     with pytest.raises(ValidationError, match="the scrfd detector needs 'detector_model'"):
         FaceQuality(detector="scrfd")

@@ -205,3 +205,23 @@ def test_load_fer_classifier_refusals(fer_file, tmp_path):
     other.write_bytes(b"x")
     with pytest.raises(ModelLoadError, match="unsupported classifier file type"):
         store.load_fer_classifier(other)
+
+
+def test_registry_lookup_names_the_valid_choices(capsys):
+    from builder.cli import main
+
+    with pytest.raises(ModelLoadError) as err:
+        registry.lookup("mini-xception-fer", field="labelling.experts.0.model")
+    assert err.value.message == "labelling.experts.0.model: unknown model 'mini-xception-fer'"
+    assert err.value.fix.startswith(f"did you mean '{FER}'? use one of: {', '.join(sorted(registry.REGISTRY))}")
+    with pytest.raises(ModelLoadError) as err:
+        registry.lookup("tiny-sd", kind="fer-classifier")
+    assert err.value.message == "model 'tiny-sd' is a diffusion-pipeline, not a fer-classifier"
+    assert err.value.fix == f"use one of: {', '.join(registry.names('fer-classifier'))} (`build-dataset models list`)"
+    assert registry.lookup(FER, kind="fer-classifier") is registry.REGISTRY[FER]
+    assert registry.names("fer-classifier") == [FER] and registry.names() == sorted(registry.REGISTRY)
+
+    assert main(["models", "fetch", "nope"]) == 2  # the command line: one message, no KeyError or traceback
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == "error: models fetch: unknown model 'nope'"
+    assert "fix: use one of: " in err and "tiny-sd" in err and "Traceback" not in err

@@ -92,14 +92,42 @@ def test_trained_adapter_loads_into_the_generator(folder, tmp_path, write_manife
     assert stats["released"]["total"] == 2 and stats["au_adapter"]["path"] == str(adapter)
 
 
-def test_trains_on_a_datasets_dataset(tmp_path, write_manifest):
-    """A build's own output (image, prompt, au columns) is a valid training set."""
+def test_trains_on_a_datasets_dataset(tmp_path, write_manifest, capsys):
+    """A build's own output (image, prompt, au columns) is a valid training set: its ``au`` struct of named
+    floats, and the list of floats older releases have."""
+    from datasets import Features, List, Value, load_from_disk
+
+    from builder.aus import AU_SETS
+    from builder.train_config import TrainData
+    from builder.train_data import TrainExamples
+
     manifest = write_manifest({"name": "source", "labels": {"counts": 2}})
     assert main([str(manifest), "--out", str(tmp_path / "build"), "--no-progress"]) == 0
     out = tmp_path / "adapter"
     train(write_config(tmp_path / "d.yaml", {"dataset": str(tmp_path / "build" / "hf"), "split": "train"}, out,
                        steps=2, checkpoint_every=2))
     assert (out / "au_adapter.safetensors").is_file()
+
+    released = load_from_disk(str(tmp_path / "build" / "hf"))["train"]
+    names = list(released.features["au"])
+    assert names == list(AU_SETS["disfa12"])
+    wanted = [[row["au"][n] for n in names] for row in released]
+    old = released.map(lambda row: {"au": [row["au"][n] for n in names]},  # an older release's column
+                       features=Features({**released.features, "au": List(Value("float32"), length=len(names))}))
+    old.save_to_disk(str(tmp_path / "old"))
+    for folder in ("build/hf", "old"):
+        examples = TrainExamples(TrainData(dataset=str(tmp_path / folder)), tuple(names), "d.yaml")
+        got = np.array([examples.items[i][2] for i in range(len(examples))])
+        assert got == pytest.approx(np.array(wanted)), folder
+
+    # a struct naming AUs the config's set lacks would skip every row: refused, naming the sets that fit
+    other = write_config(tmp_path / "e.yaml", {"dataset": str(tmp_path / "build" / "hf"), "split": "train"},
+                         tmp_path / "e")
+    other.write_text(other.read_text().replace("au_set: disfa12", "au_set: disfa8"))
+    assert main(["train-au-adapter", str(other), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {other}: data.au_column 'au' holds AUs" in err and "not in the config's au_set" in err
+    assert "fix: set au_set to one that has every AU of the column (disfa12" in err
 
 
 def test_bad_examples_are_counted_and_skipped(folder, tmp_path, capsys):

@@ -8,6 +8,12 @@ A torch module with safetensors weights::
     labels: [neutral, happy, sad, surprise, fear, disgust, anger, contempt]   # output order
     input: {size: 224, channels: 3, mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}
 
+A config is data, like the model weights it names: loading one never runs code its author chose. The
+``architecture`` must be a class that subclasses ``torch.nn.Module``, checked before it is called, and a class
+outside this tool's packages and torch is imported only when the caller opts in (``trust_remote_code=True``;
+``--trust-remote-code`` on the command line), as transformers does. ``weights`` and ``onnx.file`` must lie
+inside the config's folder.
+
 or an ONNX export, run by torch so guidance can take its gradient::
 
     onnx: {file: emotion-ferplus-8.onnx, output: null, layout: NCHW}
@@ -26,6 +32,13 @@ from pydantic import Field, model_validator
 
 from ..errors import ModelLoadError
 from ..manifest import _fail, _Strict
+from ..paths import confined
+
+TRUSTED_PACKAGES = ("torch", "builder", "curation", "cards", "evaluation")
+"""Top-level packages whose ``nn.Module`` classes a classifier config may name without ``trust_remote_code``:
+torch and this tool. Importing anything else runs code the config's author chose."""
+REMOTE_CODE_FIX = ("if you trust this config and the package that defines the class, rerun with "
+                   "--trust-remote-code (Python API: trust_remote_code=True)")
 
 
 class InputSpec(_Strict):
@@ -72,8 +85,9 @@ class ClassifierConfig(_Strict):
         return self
 
     def model_file(self, config_path: Path) -> Path:
-        """The weights or .onnx file, resolved against the config's folder."""
-        return config_path.parent / (self.onnx.file if self.onnx else self.weights)
+        """The weights or .onnx file, resolved against the config's folder (refused if it leaves it)."""
+        field = "onnx.file" if self.onnx else "weights"
+        return confined(config_path.parent, self.onnx.file if self.onnx else self.weights, field, config_path)
 
 
 def config_sha256(path: str | Path) -> str:
@@ -86,15 +100,41 @@ def config_sha256(path: str | Path) -> str:
     return hashlib.sha256(f"{file_sha256(path)}\n{file_sha256(model_file)}".encode()).hexdigest()
 
 
-def _torch_module(config: ClassifierConfig, path: Path):
-    from safetensors.torch import load_file
+def check_architecture(config: ClassifierConfig, path: Path, trust_remote_code: bool = False) -> None:
+    """Refuse, without importing anything, an ``architecture`` outside torch and this tool unless trusted."""
+    if config.architecture is None:
+        return
+    package = config.architecture.partition(":")[0].split(".")[0]
+    if package not in TRUSTED_PACKAGES and not trust_remote_code:
+        raise ModelLoadError(f"field 'architecture': '{config.architecture}' is code from the package '{package}', "
+                             "outside this tool and torch; a classifier config does not import it unless you opt "
+                             "in (trust_remote_code is off)", file=str(path), fix=REMOTE_CODE_FIX)
 
+
+def architecture_class(config: ClassifierConfig, path: Path, trust_remote_code: bool = False):
+    """The ``nn.Module`` subclass the config names, checked before anything calls it."""
+    from torch import nn
+
+    check_architecture(config, path, trust_remote_code)
     module_name, _, class_name = config.architecture.partition(":")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as exc:
-        raise ModelLoadError(f"architecture '{config.architecture}' cannot be imported ({exc})", file=str(path),
-                             fix="install the package that defines it, or fix the 'module:Class' name") from None
+        raise ModelLoadError(f"field 'architecture': '{config.architecture}' cannot be imported ({exc})",
+                             file=str(path), fix="install the package that defines it, or fix the 'module:Class' "
+                             "name") from None
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        kind = f"the class {cls.__name__}" if isinstance(cls, type) else f"a {type(cls).__name__}"
+        raise ModelLoadError(f"field 'architecture': '{config.architecture}' is {kind}, not a torch.nn.Module "
+                             "class; it was not called", file=str(path),
+                             fix="name the nn.Module class of the classifier ('package.module:ClassName')")
+    return cls
+
+
+def _torch_module(config: ClassifierConfig, path: Path, trust_remote_code: bool = False):
+    from safetensors.torch import load_file
+
+    cls = architecture_class(config, path, trust_remote_code)
     try:
         module = cls(**config.init_args)
     except TypeError as exc:
@@ -155,8 +195,9 @@ def _check_output(classifier, config: ClassifierConfig, path: Path) -> None:
                              fix="list one label per output class in 'labels' (or pick the class-score 'output')")
 
 
-def load_config_classifier(path: str | Path, labels=None):
-    """A ``FERClassifier`` from a YAML config (see the module docstring)."""
+def load_config_classifier(path: str | Path, labels=None, trust_remote_code: bool = False):
+    """A ``FERClassifier`` from a YAML config (see the module docstring); ``trust_remote_code`` allows an
+    ``architecture`` outside torch and this tool."""
     from ..manifest_loader import load_manifest
     from . import FERClassifier
 
@@ -171,7 +212,7 @@ def load_config_classifier(path: str | Path, labels=None):
             raise ModelLoadError(f"onnx.file '{config.onnx.file}': {exc.message}", file=str(path),
                                  fix=exc.fix) from None
     else:
-        module = _torch_module(config, path)
+        module = _torch_module(config, path, trust_remote_code)
     inp = config.input
     try:
         classifier = FERClassifier(_wrap(module, config), tuple(labels or config.labels), input_size=inp.size,

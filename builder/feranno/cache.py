@@ -31,7 +31,9 @@ class FeatureCache:
 
     def key(self, image) -> str:
         """Hash of the extraction parameters and the image's RGB pixels (PIL image)."""
-        pixels = np.asarray(image.convert("RGB"))
+        from ..image_io import to_rgb8
+
+        pixels = np.asarray(to_rgb8(image))
         h = hashlib.sha256(self.digest.encode())
         h.update(f"{pixels.shape}".encode())
         h.update(pixels.tobytes())

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..errors import UserError
+from ..paths import confined
 from ..labels import CANONICAL
 from .config import DataSource
 
@@ -69,15 +70,16 @@ class LabelledImages:
 
     def image(self, i: int):
         """Example ``i`` as an RGB PIL image, or None when it cannot be decoded."""
-        from PIL import Image, UnidentifiedImageError
+        from PIL import UnidentifiedImageError
+
+        from ..image_io import open_rgb8, to_rgb8
 
         where = self._items[i][0]
         try:
             if isinstance(where, Path):
-                with Image.open(where) as im:
-                    return im.convert("RGB")
+                return open_rgb8(where)
             value = self._rows[where][self._column]
-            return value.convert("RGB") if hasattr(value, "convert") else None
+            return to_rgb8(value) if hasattr(value, "convert") else None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError):
             return None
 
@@ -104,12 +106,13 @@ class LabelledImages:
                             fix="give a folder with one subfolder per class, or with a metadata.jsonl")
         meta = folder / data.metadata
         if meta.is_file():
-            for line in meta.read_text(encoding="utf-8").splitlines():
+            for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
                 if not line.strip():
                     continue
                 try:
                     entry = json.loads(line)
-                    path, value = folder / entry["file_name"], entry["label"]
+                    path = confined(folder, str(entry["file_name"]), f"file_name (line {n})", meta)
+                    value = entry["label"]
                 except (json.JSONDecodeError, KeyError, TypeError):
                     self.skipped["bad_metadata"] += 1
                     continue

@@ -164,27 +164,25 @@ class FERAnno(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> FERAnno:
-        """Load a saved model (safetensors only)."""
-        from safetensors.torch import load_file
+        """Load a saved model: the config validated field by field (with the ``meta`` the labeller reads), the
+        weights from safetensors only (a pickled, truncated or mismatched file is a ``ModelLoadError``)."""
+        from ..references import FERAnnoConfigFile, load_safetensors, read_json_config
 
         folder = Path(folder)
         config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
         if not config_path.is_file() or not weights_path.is_file():
-            raise ModelLoadError(f"'{folder}' is not a FERAnno model folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})",
-                                 fix="point at the output_dir of `build-dataset train-feranno`")
-        try:
-            config = FERAnnoConfig(**json.loads(config_path.read_text()))
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise ModelLoadError(f"{config_path}: not a valid FERAnno config ({exc})",
-                                 fix="re-train the model with this version of the tool") from None
-        if config.format_version != FORMAT_VERSION:
-            raise ModelLoadError(f"{config_path}: format_version {config.format_version}, expected {FORMAT_VERSION}",
-                                 fix="re-train the model with this version of the tool")
+            raise ModelLoadError(f"is not a FERAnno model folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})",
+                                 file=str(folder), fix="point at the output_dir of `build-dataset train-feranno`")
+        fix = "re-train the model with `build-dataset train-feranno` (this version of the tool)"
+        checked = read_json_config(config_path, FERAnnoConfigFile, "FERAnno config", fix)
+        config = FERAnnoConfig(**checked.model_dump())
+        state = load_safetensors(weights_path, fix)
         model = cls(config)
         try:
-            model.load_state_dict(load_file(weights_path), strict=True)
+            model.load_state_dict(state, strict=True)
         except (RuntimeError, OSError) as exc:
-            raise ModelLoadError(f"{weights_path}: weights do not match its config ({str(exc).splitlines()[0]})",
+            raise ModelLoadError(f"weights do not match its config ({str(exc).splitlines()[0]})",
+                                 file=str(weights_path),
                                  fix="config and weights must come from the same training run") from None
         return model.eval()
 

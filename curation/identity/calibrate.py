@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from builder.errors import UserError
+from builder.paths import confined
 
 HIST_BINS = np.round(np.linspace(-1.0, 1.0, 41), 4)  # 40 bins of 0.05 over the cosine range
 IMPOSTOR_SAMPLE = 10_000
@@ -96,7 +97,8 @@ def read_pairs(path: str | Path, seed: int = 0, impostors: int = IMPOSTOR_SAMPLE
     for n, row in enumerate(rows, start=1):
         try:
             same = _truth(row["same"])
-            out.append((path.parent / row["image_a"], path.parent / row["image_b"], same))
+            out.append((confined(path.parent, str(row["image_a"]), f"image_a (pair {n})", path),
+                        confined(path.parent, str(row["image_b"]), f"image_b (pair {n})", path), same))
         except (KeyError, ValueError) as exc:
             raise UserError(f"pair {n}: {type(exc).__name__}: {exc}", file=str(path),
                             fix="each pair needs image_a, image_b and same (true/false)") from None

@@ -123,16 +123,26 @@ class DlibEmbedder(Embedder):
                 "num_jitters": self.num_jitters, "license": "cc0-1.0"}
 
 
+def onnx_failure(exc: BaseException) -> str:
+    """What an ONNX load or run failed with, in one line (onnxruntime's status text, or the error's type)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else f"{type(exc).__name__} in insightface's model loader"
+
+
 def insightface_root() -> Path:
     """Where insightface keeps model packs: ``~/.insightface/models``."""
     return Path("~/.insightface/models").expanduser()
 
 
 def _is_recognition_model(path: Path) -> bool:
-    """An ArcFace-shaped ONNX graph: one square NCHW image input (112 or more) and one output."""
+    """An ArcFace-shaped ONNX graph: one square NCHW image input (112 or more) and one output (False for a file
+    that is not a readable ONNX model)."""
     import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # protobuf's DecodeError, onnx's and the OS's errors have no common type
+        return False
     inits = {i.name for i in graph.initializer}
     inputs = [i for i in graph.input if i.name not in inits]
     if len(inputs) != 1 or len(graph.output) != 1:
@@ -154,9 +164,12 @@ def resolve_insightface_model(model: str | None, field: str = "model") -> Path:
                                      "and give the path of its recognition .onnx file")
         return given
     folder = given if given.is_dir() else insightface_root() / model
-    candidates = sorted(p for p in folder.glob("*.onnx") if _is_recognition_model(p)) if folder.is_dir() else []
+    files = sorted(folder.glob("*.onnx")) if folder.is_dir() else []
+    candidates = [p for p in files if _is_recognition_model(p)]
     if not candidates:
         where = "holds no ArcFace-shaped recognition .onnx" if folder.is_dir() else "does not exist"
+        if files:
+            where += f" (its .onnx files: {', '.join(p.name for p in files)}; a damaged one does not count)"
         raise ModelLoadError(f"{field} '{model}': {folder} {where}", file=str(folder),
                              fix=f"download the '{Path(model).name}' pack (e.g. buffalo_l from the insightface "
                                  f"releases), unpack it into {insightface_root()}/<name>/, or give the path of the "
@@ -181,15 +194,34 @@ class InsightFaceEmbedder(Embedder):
 
         self.path = resolve_insightface_model(model)
         self.model_name = model
-        loaded = get_model(str(self.path), providers=["CPUExecutionProvider"])
+        fix = ("give the recognition model of an insightface pack (buffalo_l: w600k_r50.onnx); download it again "
+               "if the file is damaged")
+        try:
+            loaded = get_model(str(self.path), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's parse errors and insightface's assertions have no common type
+            raise ModelLoadError(f"cannot load {self.path.name} as an ONNX model: {onnx_failure(exc)}",
+                                 file=str(self.path), fix=fix) from None
         if not isinstance(loaded, ArcFaceONNX):
+            kind = type(loaded).__name__ if loaded is not None else "no model insightface knows"
             raise ModelLoadError(f"{self.path.name} is not a recognition (ArcFace) model: insightface loads it as "
-                                 f"{type(loaded).__name__}", file=str(self.path),
-                                 fix="give the recognition model of the pack (buffalo_l: w600k_r50.onnx)")
+                                 f"{kind}", file=str(self.path), fix=fix)
         loaded.prepare(ctx_id=-1)
         self.model = loaded
-        self.dim = int(loaded.output_shape[-1])
+        self.dim = self._probe(fix)
         self._sha256 = file_sha256(self.path)
+
+    def _probe(self, fix: str) -> int:
+        """Embed one blank face: the graph must run and give one finite (1, dim) vector; returns dim."""
+        width, height = self.model.input_size
+        try:
+            out = np.asarray(self.model.get_feat(np.zeros((height, width, 3), np.uint8)))
+        except Exception as exc:  # a graph that parses but fails to run (wrong shapes, unsupported operators)
+            raise ModelLoadError(f"{self.path.name} fails on a blank {width}x{height} face: {onnx_failure(exc)}",
+                                 file=str(self.path), fix=fix) from None
+        if out.ndim != 2 or out.shape[0] != 1 or out.shape[1] < 2 or not np.isfinite(out).all():
+            raise ModelLoadError(f"{self.path.name} gives {out.dtype} {tuple(out.shape)} for a face, not one finite "
+                                 "embedding vector (1, dim)", file=str(self.path), fix=fix)
+        return int(out.shape[1])
 
     def embed(self, image: np.ndarray, face: dict) -> np.ndarray:
         from insightface.utils import face_align

@@ -7,12 +7,15 @@ import numpy as np
 
 
 def decode_rgb(data: bytes) -> np.ndarray:
-    """RGB uint8 (H, W, 3) from encoded image bytes, EXIF orientation applied (raises on unreadable data)."""
-    from PIL import Image, ImageOps
+    """RGB uint8 (H, W, 3) from encoded image bytes, as ``builder.image_io.to_rgb8`` reads them (EXIF orientation
+    applied; raises on unreadable data)."""
+    from PIL import Image
+
+    from builder.image_io import to_rgb8
 
     with Image.open(io.BytesIO(data)) as im:
         im.load()
-        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        return np.asarray(to_rgb8(im))
 
 
 def load_detector(min_score: float, min_size: float, device: str = "cpu"):
