@@ -9,7 +9,7 @@ its own subprocess (peak RSS is that size's alone), it times what the
 whole-set stages and the release do per image on the CPU:
 
 - ``hash``: read, decode, pixel sha256, 64-bit pHash and the mirror's pHash
-  (``curation.dedupe._hash``, the dedupe stage's per-image work);
+  (``curation.whole_set.dedupe._hash``, the dedupe stage's per-image work);
 - ``near``: the dedupe pass over the hashes (``NearIndex`` query and insert);
 - ``write``: the release's dataset writing (``cards.dataset`` features, an
   Arrow dataset through an on-disk cache, ``save_to_disk`` and parquet).
@@ -69,11 +69,11 @@ def rss_anon_mb() -> float:
 
 
 def run_size(n: int) -> dict:
-    from builder.manifest_loader import load_manifest
-    from builder.records import Record
+    from builder.core.records import Record
+    from builder.manifest.loader import load_manifest
     from cards.dataset import build_dataset_dict
-    from curation.dedupe import _hash, _nearest
     from curation.hashing import NearIndex
+    from curation.whole_set.dedupe import _hash, _nearest
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -29,7 +29,7 @@ second pass over the same images times the parts (pixels: resize to the
 labeller's resolution; VAE encode; DDIM inversion, k UNet forwards; the feature
 pass, one UNet forward under ``FeatureTap`` with the maps copied to the CPU;
 the head; the rest: copies to the device and the expert's label mapping) by
-wrapping ``builder.feranno.extract``'s functions for that pass only.
+wrapping ``curation.labelling.feranno.extract``'s functions for that pass only.
 FLOPs per image (VAE encode + (k + 1) UNet forwards + head) are counted with
 ``torch.utils.flop_counter`` on meta-device copies of the backbone.
 """
@@ -160,11 +160,15 @@ def write_labeller(args, model: str, device: str, dtype: str, paths, folder: Pat
     """A random-head FERAnno model for ``model`` in the format ``train-feranno`` writes; returns its meta."""
     import torch
 
-    from builder.feranno.extract import ExtractSettings, FeatureExtractor, default_prompt
-    from builder.feranno.model import FERAnno, FERAnnoConfig
-    from builder.labels import LABEL_MAPS
     from builder.manifest import Generator
-    from builder.models import load_pipeline
+    from builder.manifest.label_maps import LABEL_MAPS
+    from builder.models.diffusion import load_pipeline
+    from curation.labelling.feranno.extract import (
+        ExtractSettings,
+        FeatureExtractor,
+        default_prompt,
+    )
+    from curation.labelling.feranno.model import FERAnno, FERAnnoConfig
 
     names = LABEL_MAPS[args.label_map]
     pipe, _, provenance = load_pipeline(Generator(model=model, device=device, dtype=dtype))
@@ -197,7 +201,7 @@ def write_labeller(args, model: str, device: str, dtype: str, paths, folder: Pat
 def load_labeller(folder: Path, device: str, dtype: str, batch_size: int = 8):
     """(FERAnnoLabeller, how it was loaded): ``from_pretrained``, the label stage's loader
     (``labelling.feranno.dtype`` and ``batch_size``)."""
-    from builder.feranno.labeller import FERAnnoLabeller
+    from curation.labelling.feranno.labeller import FERAnnoLabeller
 
     return (FERAnnoLabeller.from_pretrained(folder, device, batch_size, dtype),
             f"FERAnnoLabeller.from_pretrained (label stage path), backbone {dtype}")
@@ -220,7 +224,7 @@ def flops_per_image(pipe, extractor, head, batch) -> dict:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from builder.feranno.inversion import schedule
+    from curation.labelling.feranno.inversion import schedule
 
     def count(fn) -> int:
         with FlopCounterMode(display=False) as counter:
@@ -247,7 +251,7 @@ def flops_per_image(pipe, extractor, head, batch) -> dict:
 
 # -- timing -------------------------------------------------------------------
 class Parts:
-    """Wraps ``builder.feranno.extract``'s steps and the labeller's extractor and head for one pass;
+    """Wraps ``curation.labelling.feranno.extract``'s steps and the labeller's extractor and head for one pass;
     ``seconds`` per part (synchronised)."""
 
     def __init__(self, labeller, device: str):
@@ -266,7 +270,7 @@ class Parts:
 
     @contextlib.contextmanager
     def patched(self):
-        from builder.feranno import extract
+        from curation.labelling.feranno import extract
 
         saved = {name: getattr(extract, name) for name in ("to_pixels", "encode", "invert_to")}
         extractor, model = self.labeller.extractor, self.labeller.model
@@ -351,8 +355,8 @@ def main(argv=None) -> dict:
     import diffusers
     import torch
 
-    from builder.experts import FERAnnoExpert
-    from builder.models import resolve_device
+    from builder.models.diffusion import resolve_device
+    from curation.labelling.experts import FERAnnoExpert
 
     device = resolve_device(args.device)  # a ModelLoadError (exit 2) when the GPU asked for is absent
     dtypes = args.dtype or (["bfloat16"] if device.startswith("cuda") else ["float32"])
@@ -449,7 +453,7 @@ def table(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    from builder.errors import UserError
+    from builder.core.errors import UserError
 
     try:
         main()

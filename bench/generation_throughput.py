@@ -103,7 +103,7 @@ class Bench:
         self.work = Path(args.work)
         self.work.mkdir(parents=True, exist_ok=True)
         if args.tiny:
-            from builder.tiny_sd import ensure_tiny_pipeline
+            from builder.models.tiny_sd import ensure_tiny_pipeline
 
             self.model = ensure_tiny_pipeline()
         else:
@@ -141,8 +141,8 @@ class Bench:
         if not (folder / "au_adapter_config.json").exists():
             from diffusers import UNet2DConditionModel
 
-            from builder.au_adapter import AUAdapter
-            from builder.aus import AU_SETS
+            from builder.manifest.au_sets import AU_SETS
+            from builder.synthesis.au_adapter import AUAdapter
 
             unet = UNet2DConditionModel.from_pretrained(self.model / "unet", local_files_only=True)
             AUAdapter.for_unet(unet, list(AU_SETS[data["aus"]["au_set"]]), seed=0).save_pretrained(folder)
@@ -175,9 +175,9 @@ class Bench:
             sync(self.device)
             kept = count
         else:
-            from builder.expand import shard_specs
-            from builder.generate import GenerateStage
-            from builder.shards import ShardStore
+            from builder.core.shards import ShardStore
+            from builder.expand.specs import shard_specs
+            from builder.synthesis.generate import GenerateStage
 
             manifest = self.manifest(v, batch, count + batch)
             stage = GenerateStage(manifest.generator, manifest.aus.names, manifest.labels.names, manifest.seed)
@@ -266,7 +266,7 @@ def main(argv=None) -> dict:
     import torch
 
     from bench.sd15 import count_flops
-    from builder.models import quiet_loading
+    from builder.models.diffusion import quiet_loading
 
     quiet_loading()
     bench = Bench(args)

@@ -63,7 +63,7 @@ def run_one(n: int, dim: int, kind: str, count: int, work: Path) -> dict:
 
     base = reference(n, dim)
     qs = queries(base, count)
-    from builder.reference_config import ReferenceIndexSpec
+    from curation.identity.config import ReferenceIndexSpec
 
     spec = ReferenceIndexSpec(type=kind)  # the index-reference defaults
     params = resolve_params(spec, n)

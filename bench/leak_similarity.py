@@ -29,9 +29,9 @@ def main() -> int:
     p.add_argument("--min-size", type=float, default=40)
     args = p.parse_args()
     from builder.example_faces import example_faces, near_copy
+    from curation.faces.detect import find_face
     from curation.identity.calibrate import pick_threshold
     from curation.identity.embedders import load_embedder
-    from curation.faces import find_face
     from curation.identity.images import load_detector
 
     detector, policy = load_detector(0.9, args.min_size)

@@ -30,7 +30,7 @@ def images(size: int, count: int):
 
 
 def main(argv=None) -> dict:
-    from builder.generate import _write_png
+    from builder.synthesis.generate import _write_png
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512)

@@ -1,4 +1,4 @@
-"""Benchmark the whole-set face range search (``curation.embeddings.range_neighbours``): exact against IVF.
+"""Benchmark the whole-set face range search (``curation.whole_set.embeddings.range_neighbours``): exact against IVF.
 
     .venv/bin/python bench/range_search.py [--sizes 10000 30000 100000] [--dims 128 512]
                                            [--thresholds 0.9 0.95] [--nprobe 8 16 32 64]
@@ -92,9 +92,15 @@ def run_one(n: int, dim: int, thresholds: list[float], probes: list[int], flat_u
             copy_cosine: tuple[float, float] = (0.85, 1.0), tool: bool = False) -> dict:
     import faiss
 
-    from curation.embeddings import NPROBE, describe_search, neighbour_dicts, range_neighbours, range_pairs, \
-        search_params
     from curation.identity.index import build_index
+    from curation.whole_set.embeddings import (
+        NPROBE,
+        describe_search,
+        neighbour_dicts,
+        range_neighbours,
+        range_pairs,
+        search_params,
+    )
 
     x, groups = planted(n, dim, share, copy_cosine=tuple(copy_cosine))
     low = min(thresholds)
@@ -197,7 +203,7 @@ def main(argv=None) -> int:
     ap.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.95])
     ap.add_argument("--nprobe", type=int, nargs="*", default=[8, 16, 32, 64])
     ap.add_argument("--tool", action="store_true", help="also search each threshold as the stages do (the "
-                    "cells curation.embeddings.probes picks, or exact), timed with the index's training")
+                    "cells curation.whole_set.embeddings.probes picks, or exact), timed with the index's training")
     ap.add_argument("--flat-up-to", type=int, default=100_000, help="largest N searched exactly too")
     ap.add_argument("--dup-share", type=float, default=0.1)
     ap.add_argument("--copy-cosine", type=float, nargs=2, default=[0.85, 1.0], metavar=("LOW", "HIGH"),
@@ -254,7 +260,7 @@ def main(argv=None) -> int:
 def extrapolate(results: list[dict]) -> dict:
     """From each dim's largest measured N: exact search grows as N^2; IVF (nlist ~ 4 sqrt(N), fixed nprobe:
     training, adding and the per-query scan of nprobe cells of N / nlist faces) as N^1.5."""
-    from curation.embeddings import NPROBE
+    from curation.whole_set.embeddings import NPROBE
 
     out = {}
     for dim in sorted({r["dim"] for r in results}):

@@ -32,7 +32,7 @@ TAESD = {}  # AutoencoderTiny's defaults are TAESD's architecture
 def _tokenizer():
     from transformers import CLIPTokenizer
 
-    from builder.tiny_sd import ensure_tiny_pipeline
+    from builder.models.tiny_sd import ensure_tiny_pipeline
 
     return CLIPTokenizer.from_pretrained(ensure_tiny_pipeline() / "tokenizer")
 
@@ -51,7 +51,12 @@ def build_sd15(folder: Path, seed: int = 0) -> Path:
     if (folder / "model_index.json").exists():
         return folder
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        PNDMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = _tokenizer()
@@ -85,8 +90,8 @@ def adapter_unet():
     import torch
     from diffusers import UNet2DConditionModel
 
-    from builder.au_adapter import AUAdapter
-    from builder.aus import AU_SETS
+    from builder.manifest.au_sets import AU_SETS
+    from builder.synthesis.au_adapter import AUAdapter
 
     with torch.device("meta"):
         unet = UNet2DConditionModel(**UNET)

@@ -3,4 +3,6 @@
 Importing this package is cheap: torch, diffusers and datasets load only
 inside the stages that need them.
 """
-__version__ = "0.1.0"
+from builder.core.version import __version__
+
+__all__ = ["__version__"]

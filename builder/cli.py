@@ -1,331 +1,170 @@
-"""``build-dataset``: the command line.
+"""``build-dataset``: the command line, a thin click layer over ``builder.api``.
 
 Main form::
 
-    build-dataset MANIFEST [--out DIR] [--dry-run [--json]] [--no-progress]
-                  [--executor {local,ray}] [--address ADDR] [--ray-actors N]
+    build-dataset MANIFEST [--out DIR] [--dry-run [--json]] [--no-progress] [--executor local|ray] ...
 
-Subcommands: ``validate MANIFEST``, ``schema [--check|--write]``, ``train-au-adapter CONFIG``,
-``train-feranno CONFIG``, ``index-reference CONFIG``, ``models list``, ``models fetch NAME``,
-``review OUT`` (the release in the FiftyOne App), ``release OUT`` (apply the review, release again),
-``push OUT --repo-id ID`` (upload the release to the Hub), ``evaluate OUT --test REAL_SET``.
-Bad input exits with code 2 and one message that names the file, the field
-and the fix; an interrupted build exits 130 and resumes on the next run.
+and the subcommands ``build-dataset --help`` lists. Bad input exits with code 2 and one message that names the
+file, the field and the fix; an interrupted build exits 130 and resumes on the next run. ``--quiet``,
+``--verbose`` and ``--log-file FILE`` (before or after the subcommand) set what is printed and kept.
 """
 from __future__ import annotations
 
-import argparse
+import logging
 import os
 import sys
 from pathlib import Path
 
-from . import __version__
-from .errors import UserError, is_storage_fault, storage_error, storage_fault
+import click
 
-SUBCOMMANDS = ("validate", "schema", "train-au-adapter", "train-feranno", "index-reference", "models", "release",
-               "review", "push", "evaluate")
+from builder.core.errors import (
+    UserError,
+    is_storage_fault,
+    storage_error,
+    storage_fault,
+)
+from builder.core.log import configure, info
+from builder.core.version import __version__
 
-
-def _build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="build-dataset",
-        description="Build a synthetic facial-expression dataset from a synthesis manifest. "
-        "Other commands: 'build-dataset validate MANIFEST', 'build-dataset schema', "
-        "'build-dataset train-au-adapter CONFIG', 'build-dataset train-feranno CONFIG', "
-        "'build-dataset index-reference CONFIG', "
-        "'build-dataset models list|fetch NAME', 'build-dataset review OUT', 'build-dataset release OUT', "
-        "'build-dataset push OUT --repo-id ID', 'build-dataset evaluate OUT --test REAL_SET'.",
-    )
-    p.add_argument("manifest", type=Path, help="synthesis manifest (YAML)")
-    p.add_argument("--out", type=Path, help="build folder (default: out/<manifest name>); rerun to resume")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (counts, shards, work) and load no model")
-    p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--executor", choices=("local", "ray"), default="local",
-                   help="where shards run: 'local' (this process, default) or 'ray' (actors on a Ray cluster); "
-                   "a build may resume under either")
-    p.add_argument("--address", metavar="ADDR", help="with --executor ray: the cluster to join (e.g. 'auto' or "
-                   "HOST:6379; the build folder must be on storage every node sees); default: a local Ray")
-    p.add_argument("--ray-actors", type=int, metavar="N", help="with --executor ray: number of actors (default: "
-                   "one per GPU, or one per CPU without GPUs)")
-    p.add_argument("--allow-empty", action="store_true", help="release even when every sample was dropped "
-                   "(otherwise exit 2 with what each stage dropped)")
-    p.add_argument("--trust-remote-code", action="store_true", help="let classifier configs (guide, experts) "
-                   "name nn.Module classes outside torch and this tool; off by default, because importing a class "
-                   "runs its package's code: use it only for configs whose code you trust")
-    p.add_argument("--threads", type=int, metavar="N", help="torch CPU threads in every worker (default: the "
-                   "count the build started with, recorded in build.json; a new build records this machine's "
-                   "default). CPU pixels depend on it")
-    p.add_argument("--version", action="version", version=f"build-dataset {__version__}")
-    return p
+PATH = click.Path(path_type=Path)
 
 
-def _validate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="build-dataset validate", description="Check a manifest and every model it "
-                                "refers to (files, folders, configs, registry names, the Hub cache when offline) "
-                                "without loading any model, and exit; all bad references are listed at once.")
-    p.add_argument("manifest", type=Path)
-    p.add_argument("--trust-remote-code", action="store_true", help="accept classifier configs (guide, experts) "
-                   "that name nn.Module classes outside torch and this tool, as the build does with this flag (their "
-                   "module is then imported to check the class; without the flag such a config is refused and "
-                   "nothing is imported)")
-    return p
+def _set_logging(ctx: click.Context, param: click.Parameter, value) -> None:
+    """Any of --quiet, --verbose, --log-file, wherever given: (re)configure the tool's logger."""
+    state = ctx.find_root().meta.setdefault("logging", {"level": logging.INFO, "file": None})
+    if param.name == "quiet" and value:
+        state["level"] = logging.WARNING
+    elif param.name == "verbose" and value:
+        state["level"] = logging.DEBUG
+    elif param.name == "log_file" and value is not None:
+        state["file"] = str(value)
+    configure(state["level"], state["file"])
 
 
-def _schema_parser() -> argparse.ArgumentParser:
-    from .schema import CONFIGS
-
-    p = argparse.ArgumentParser(prog="build-dataset schema",
-                                description="Print a JSON schema (from the models: works wherever the tool is "
-                                "installed), or write/check every schema file in a source checkout's manifests/.")
-    p.add_argument("--config", choices=sorted(CONFIGS), default="manifest",
-                   help="which file's schema to print: the synthesis manifest (default), a command's config, "
-                   "or a guide/expert classifier config")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--write", action="store_true", help="checkout only: write every schema into manifests/")
-    g.add_argument("--check", action="store_true", help="checkout only: exit 1 if a schema in manifests/ is stale")
-    return p
+def logging_options(fn):
+    for option in (
+        click.option("--log-file", type=PATH, expose_value=False, callback=_set_logging,
+                     help="also write every message, with times, to this file"),
+        click.option("--verbose", "-v", is_flag=True, expose_value=False, callback=_set_logging,
+                     help="more detail (model loading, per-stage set-up)"),
+        click.option("--quiet", "-q", is_flag=True, expose_value=False, callback=_set_logging,
+                     help="only warnings and errors"),
+    ):
+        fn = option(fn)
+    return fn
 
 
-def _cmd_push(argv: list[str]) -> int:
-    """``build-dataset push OUT --repo-id ID``: upload a finished release to a Hub dataset repo (cards/push.py)."""
-    p = argparse.ArgumentParser(prog="build-dataset push", description="Upload a released build folder (README.md, "
-                                "stats.json, data/, figures/) to a Hugging Face Hub dataset repo in one commit; "
-                                "unchanged files are skipped. Token: HF_TOKEN or `hf auth login`.")
-    p.add_argument("out", type=Path, metavar="OUT", help="released build folder (the --out of build-dataset MANIFEST)")
-    p.add_argument("--repo-id", required=True, metavar="ID", help="dataset repo OWNER/NAME; created if missing")
-    p.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its "
-                   "visibility)")
-    p.add_argument("--dry-run", action="store_true", help="print what would be added, updated, unchanged or "
-                   "deleted; change nothing")
-    p.add_argument("--revision", metavar="BRANCH", help="branch to push to (default main; created from main "
-                   "if missing)")
-    p.add_argument("--message", metavar="TEXT", help="commit message (default: 'Upload <dataset> <version> release')")
-    args = p.parse_args(argv)
-    from cards.push import format_result, push
+class DefaultGroup(click.Group):
+    """``build-dataset MANIFEST ...`` is ``build-dataset build MANIFEST ...``: an argument that names no
+    subcommand starts a build."""
 
-    result = push(args.out, args.repo_id, private=args.private, dry_run=args.dry_run, revision=args.revision,
-                  message=args.message, log=_log)
-    print(format_result(result, args.out))
-    return 0
+    def resolve_command(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["build", *args]
+        return super().resolve_command(ctx, args)
+
+    def format_usage(self, ctx, formatter):
+        formatter.write_usage("build-dataset", "MANIFEST [OPTIONS]  |  build-dataset COMMAND [ARGS]...")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv and argv[0] in CONFIG_COMMANDS:
-            return _config_command(argv[1:], argv[0], *CONFIG_COMMANDS[argv[0]])
-        if argv and argv[0] in SUBCOMMANDS:
-            commands = {"validate": _cmd_validate, "schema": _cmd_schema, "models": _cmd_models,
-                        "release": _cmd_release, "review": _cmd_review, "push": _cmd_push,
-                        "evaluate": _cmd_evaluate}
-            return commands[argv[0]](argv[1:])
-        return _cmd_build(_build_parser().parse_args(argv))
-    except UserError as exc:
-        print(f"error: {exc.render()}", file=sys.stderr)
-        return exc.exit_code
-    except Exception as exc:  # a full disk or read-only folder anywhere, maybe wrapped by a library
-        if not is_storage_fault(exc):
-            raise
-        error = storage_error(exc, storage_fault(exc).filename or ".")
-        print(f"error: {error.render()}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished shards are kept; run the same command again to resume", file=sys.stderr)
-        return 130
+@click.group(cls=DefaultGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="build-dataset")
+@logging_options
+def cli() -> None:
+    """Build a synthetic facial-expression dataset from a synthesis manifest (``build-dataset MANIFEST``), and
+    review, release, publish and evaluate it."""
 
 
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+@cli.command("build")
+@click.argument("manifest", type=PATH)
+@click.option("--out", type=PATH, help="build folder (default: out/<manifest name>); rerun to resume")
+@click.option("--dry-run", is_flag=True, help="print the plan (counts, shards, work) and load no model")
+@click.option("--json", "as_json", is_flag=True, help="with --dry-run: print the plan as JSON")
+@click.option("--no-progress", is_flag=True, help="no progress bars")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="where shards run: this process, or actors on a Ray cluster; a build may resume under either")
+@click.option("--address", metavar="ADDR", help="with --executor ray: the cluster to join ('auto' or HOST:6379; "
+              "the build folder must be on storage every node sees); default: a local Ray")
+@click.option("--ray-actors", type=int, metavar="N", help="with --executor ray: number of actors (default: one "
+              "per GPU, or one per CPU without GPUs)")
+@click.option("--allow-empty", is_flag=True, help="release even when every sample was dropped (otherwise exit 2 "
+              "with what each stage dropped)")
+@click.option("--trust-remote-code", is_flag=True, help="let classifier configs (guide, experts) name "
+              "nn.Module classes outside torch and this tool; off by default, because importing a class runs its "
+              "package's code: use it only for configs whose code you trust")
+@click.option("--threads", type=int, metavar="N", help="torch CPU threads in every worker (default: the count "
+              "the build started with, recorded in build.json; a new build records this machine's default). CPU "
+              "pixels depend on it")
+@logging_options
+def build_command(manifest: Path, out: Path | None, dry_run: bool, as_json: bool, no_progress: bool,
+                  executor: str, address: str | None, ray_actors: int | None, allow_empty: bool,
+                  trust_remote_code: bool, threads: int | None) -> int:
+    """Build (or resume) the dataset MANIFEST describes."""
+    from builder import api
 
+    loaded = api.validate(manifest, trust_remote_code)
+    out = out or Path("out") / loaded.name
+    if dry_run:
+        from builder.plan import format_plan, plan_json
 
-def _cmd_build(args: argparse.Namespace) -> int:
-    from .manifest_loader import load_manifest
-
-    manifest = load_manifest(args.manifest)
-    out = args.out or Path("out") / manifest.name
-    executor = _executor(args)
-    from .references import require_references
-
-    require_references(manifest, args.trust_remote_code, file=args.manifest)  # build() checks again, naming no file
-    if args.dry_run:
-        from .plan import format_plan, make_plan, plan_json
-
-        plan = make_plan(manifest, out)
-        plan["executor"] = executor.describe() if executor else "local: shards one after another in this process"
-        print(plan_json(plan) if args.json else f"{format_plan(plan, manifest)}\nexecutor: {plan['executor']}")
+        runner = api._executor(executor, address, ray_actors, info)
+        plan = api.plan(loaded, out)
+        plan["executor"] = runner.describe() if runner else "local: shards one after another in this process"
+        click.echo(plan_json(plan) if as_json else f"{format_plan(plan, loaded)}\nexecutor: {plan['executor']}")
         return 0
-    if args.json:
+    if as_json:
         raise UserError("--json only applies to --dry-run", fix="add --dry-run, or drop --json")
-
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be at least 1 (got {args.threads})", fix="give a positive number")
-    _quiet_libraries(progress=not args.no_progress)
-    from .options import RunOptions
-    from .run import build
-
-    options = RunOptions(trust_remote_code=args.trust_remote_code, threads=args.threads)
-    result = build(manifest, out, executor=executor, progress=not args.no_progress, log=_log, options=options,
-                   allow_empty=args.allow_empty)
+    _quiet_libraries(progress=not no_progress)
+    result = api.build(loaded, out, executor=executor, address=address, ray_actors=ray_actors, threads=threads,
+                       trust_remote_code=trust_remote_code, allow_empty=allow_empty, progress=not no_progress)
     stats = result.stats or {}
     released = stats.get("released", {})
     splits = ", ".join(f"{k} {v}" for k, v in released.get("splits", {}).items())
     dropped = sum(sum(s.get("dropped", {}).values()) for s in stats.get("stages", {}).values())
     if result.released:
-        _log(f"done: {released.get('total', 0)} images ({splits}); {dropped} dropped "
-             f"(see {out / 'rejected'}); dataset {out / 'hf'}, card {out / 'README.md'}")
+        info(f"done: {released.get('total', 0)} images ({splits}); {dropped} dropped (see {out / 'rejected'}); "
+             f"dataset {out / 'hf'}, card {out / 'README.md'}")
     return 0
 
 
-def _executor(args: argparse.Namespace):
-    """The RayExecutor the flags ask for, or None for the local one."""
-    if args.executor != "ray":
-        for flag, value in (("--address", args.address), ("--ray-actors", args.ray_actors)):
-            if value is not None:
-                raise UserError(f"{flag} only applies to --executor ray", fix=f"add --executor ray, or drop {flag}")
-        return None
-    if args.ray_actors is not None and args.ray_actors < 1:
-        raise UserError(f"--ray-actors must be at least 1 (got {args.ray_actors})", fix="give a positive number")
-    from .ray_executor import RayExecutor
+@cli.command()
+@click.argument("manifest", type=PATH)
+@click.option("--trust-remote-code", is_flag=True, help="accept classifier configs (guide, experts) that name "
+              "nn.Module classes outside torch and this tool, as the build does with this flag (their module is "
+              "then imported to check the class; without the flag such a config is refused, nothing imported)")
+@logging_options
+def validate(manifest: Path, trust_remote_code: bool) -> int:
+    """Check a manifest and every model it refers to (files, folders, configs, registry names, the Hub cache
+    when offline) without loading any model; all bad references are listed at once."""
+    from builder import api
 
-    return RayExecutor(address=args.address, actors=args.ray_actors, log=_log)
-
-
-def _cmd_evaluate(argv: list[str]) -> int:
-    """``build-dataset evaluate OUT --test REAL_SET``: train a classifier on the release, test it on real faces."""
-    from evaluation.cli import main as evaluate_main
-
-    return evaluate_main(argv)
-
-
-def _cmd_release(argv: list[str]) -> int:
-    """Release a finished build again with the reviewer's decisions: FiftyOne tags, or a decisions file."""
-    p = argparse.ArgumentParser(prog="build-dataset release", description="Apply review decisions (the 'reject' "
-                                "and 'relabel:<class>' tags set in the FiftyOne App by `build-dataset review`, or "
-                                "a JSON file) and write the dataset, card and stats again. Shards are not touched.")
-    p.add_argument("out", type=Path, help="a finished build folder")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--decisions", type=Path, help='JSON {"decisions": {sample_id: "reject" | "relabel:<class>"}} '
-                   "instead of the FiftyOne tags; merged with earlier decisions files (a contradiction is refused)")
-    g.add_argument("--no-review", action="store_true", help="drop earlier review decisions and release without")
-    p.add_argument("--name", help="FiftyOne dataset name (default: the one `build-dataset review` made)")
-    p.add_argument("--allow-empty", action="store_true", help="release even when no sample is left")
-    args = p.parse_args(argv)
-    _quiet_libraries(progress=False)
-    from curation.review import REVIEW_FILE, add_decisions_file
-
-    from .run import release_again
-
-    def apply_review(manifest) -> None:  # under the build's lock, after its checks: a refusal writes nothing
-        if args.no_review:
-            (args.out / REVIEW_FILE).unlink(missing_ok=True)
-        elif args.decisions is not None:
-            add_decisions_file(args.out, manifest, args.decisions)
-        else:
-            from cards.review import collect_review
-
-            collect_review(args.out, name=args.name)
-
-    stats = release_again(args.out, log=_log, review=apply_review, allow_empty=args.allow_empty)
-    review = stats["stages"].get("review", {}).get("meta")
-    _log(f"released {stats['released']['total']} images"
-         + (f"; review: {review['rejected']} rejected, {review['relabelled']} relabelled" if review else
-            "; no review decisions"))
+    loaded = api.validate(manifest, trust_remote_code)
+    click.echo(f"{manifest}: ok ({loaded.total} samples, {loaded.num_shards()} shards)")
     return 0
 
 
-def _cmd_review(argv: list[str]) -> int:
-    """``build-dataset review OUT``: the release as a FiftyOne dataset, and the App on it until Ctrl-C."""
-    p = argparse.ArgumentParser(prog="build-dataset review", description="Put a finished release (released and "
-                                "rejected samples, labeller predictions, scores, saved views) into a persistent "
-                                "FiftyOne dataset and serve the FiftyOne App on it until Ctrl-C. Tag samples "
-                                "'reject' or 'relabel:<class>' there; `build-dataset release OUT` applies them.")
-    p.add_argument("out", type=Path, metavar="OUT", help="released build folder")
-    p.add_argument("--name", help="FiftyOne dataset name (default: fer-synth/<manifest name>-<fingerprint[:8]>)")
-    p.add_argument("--port", type=int, default=5151, help="App port (default 5151; 0: any free port)")
-    p.add_argument("--address", default="127.0.0.1", help="address the App listens on (default 127.0.0.1; "
-                   "0.0.0.0 serves other machines)")
-    p.add_argument("--no-launch", action="store_true", help="create or update the dataset and exit")
-    args = p.parse_args(argv)
-    from cards.review_app import run_review
+def _config_names() -> list[str]:
+    from builder.schema import CONFIGS
 
-    return run_review(args.out, name=args.name, address=args.address, port=args.port, launch=not args.no_launch,
-                      log=_log)
+    return sorted(CONFIGS)
 
 
-def _cmd_validate(argv: list[str]) -> int:
-    from .manifest_loader import load_manifest
-    from .references import require_references
+@cli.command()
+@click.option("--config", type=click.Choice(_config_names()), default="manifest", show_default=True,
+              help="which file's schema to print: the synthesis manifest, a command's config, or a classifier "
+              "config")
+@click.option("--write", is_flag=True, help="checkout only: write every schema into manifests/")
+@click.option("--check", is_flag=True, help="checkout only: exit 1 if a schema in manifests/ is stale")
+@logging_options
+def schema(config: str, write: bool, check: bool) -> int:
+    """Print a JSON schema (from the models: works wherever the tool is installed), or write/check every schema
+    file in a source checkout's manifests/."""
+    from builder.schema import CONFIGS, checkout_manifests, schema_text
 
-    args = _validate_parser().parse_args(argv)
-    manifest = load_manifest(args.manifest)
-    require_references(manifest, args.trust_remote_code, file=args.manifest)
-    print(f"{args.manifest}: ok ({manifest.total} samples, {manifest.num_shards()} shards)")
-    return 0
-
-
-def _config_command(argv: list[str], name: str, description: str, example: str, model: str, run: str) -> int:
-    """A subcommand that takes one YAML config: validate it as ``model``, then call ``run`` on it.
-
-    ``model`` and ``run`` are "module:attribute" paths, imported only when the command runs.
-    """
-    from importlib import import_module
-
-    from .manifest_loader import load_manifest
-
-    def resolve(path: str):
-        module, attribute = path.split(":")
-        return getattr(import_module(module), attribute)
-
-    p = argparse.ArgumentParser(prog=f"build-dataset {name}", description=description)
-    p.add_argument("config", type=Path, help=f"config (YAML); see {example}")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = p.parse_args(argv)
-    config = load_manifest(args.config, model=resolve(model))
-    _quiet_libraries(progress=not args.no_progress)
-    resolve(run)(config, source=str(args.config), progress=not args.no_progress, log=_log)
-    return 0
-
-
-CONFIG_COMMANDS = {
-    "train-au-adapter": ("Train an AU adapter on a frozen generator; rerun to resume.",
-                         "manifests/train/au-adapter-demo.yaml", "builder.train_config:TrainConfig",
-                         "builder.train_adapter:train_au_adapter"),
-    "train-feranno": ("Train a FERAnno expression labeller on a frozen diffusion model's features; rerun to resume.",
-                      "manifests/train/feranno-demo.yaml", "builder.feranno.config:FERAnnoTrainConfig",
-                      "builder.feranno.train:train_feranno"),
-    "index-reference": ("Index the faces of real reference photos for the identity_leak stage; a rerun embeds "
-                        "only new images.", "manifests/reference/demo.yaml", "builder.reference_config:ReferenceConfig",
-                        "curation.identity.reference:index_reference"),
-}
-
-
-def _cmd_models(argv: list[str]) -> int:
-    from .store import describe, fetch
-
-    p = argparse.ArgumentParser(prog="build-dataset models", description="The models the tool uses.")
-    sub = p.add_subparsers(dest="action", required=True)
-    sub.add_parser("list", help="every registered model: source, sha256, licence, whether it is cached")
-    get = sub.add_parser("fetch", help="download (or build) a model, check its sha256, cache it")
-    get.add_argument("name")
-    args = p.parse_args(argv)
-    if args.action == "list":
-        for row in describe():
-            print(f"{row['name']}  [{row['kind']}]  {row['license']}  {row['status']}\n"
-                  f"    source: {row['source']}\n    sha256: {row['sha256']}\n    {row['description']}")
-        return 0
-    from .registry import lookup
-
-    print(fetch(lookup(args.name, field="models fetch")))
-    return 0
-
-
-def _cmd_schema(argv: list[str]) -> int:
-    from .schema import CONFIGS, checkout_manifests, schema_text
-
-    args = _schema_parser().parse_args(argv)
-    if not (args.write or args.check):
-        model, title, _ = CONFIGS[args.config]
+    if write and check:
+        raise click.UsageError("--write and --check exclude each other")
+    if not (write or check):
+        model, title, _ = CONFIGS[config]
         sys.stdout.write(schema_text(model, title))
         return 0
     manifests = checkout_manifests()
@@ -333,24 +172,266 @@ def _cmd_schema(argv: list[str]) -> int:
     for model, title, file in CONFIGS.values():
         path = manifests / file
         text = schema_text(model, title)
-        if args.write:
+        if write:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
-            print(f"wrote {path}")
+            click.echo(f"wrote {path}")
         elif not path.exists() or path.read_text() != text:
-            print(f"{path} is stale: run `build-dataset schema --write`", file=sys.stderr)
+            click.echo(f"{path} is stale: run `build-dataset schema --write`", err=True)
             stale = 1
         else:
-            print(f"{path} is current")
+            click.echo(f"{path} is current")
     return stale
 
 
+def _config_command(name: str, example: str, run):
+    @cli.command(name, help=f"{run.__doc__.split(';')[0].split('(')[0].strip()}. Example config: {example}.")
+    @click.argument("config", type=PATH)
+    @click.option("--no-progress", is_flag=True, help="no progress bars")
+    @logging_options
+    def command(config: Path, no_progress: bool) -> int:
+        _quiet_libraries(progress=not no_progress)
+        run(config, progress=not no_progress)
+        return 0
+
+    return command
+
+
+def _train_au_adapter(config, progress):
+    """Train an AU adapter on a frozen generator; rerun to resume"""
+    from builder import api
+
+    return api.train_au_adapter(config, progress=progress)
+
+
+def _train_feranno(config, progress):
+    """Train a FERAnno expression labeller on a frozen diffusion model's features; rerun to resume"""
+    from builder import api
+
+    return api.train_feranno(config, progress=progress)
+
+
+def _index_reference(config, progress):
+    """Index the faces of real reference photos for the identity-leak gate; a rerun embeds only new images"""
+    from builder import api
+
+    return api.index_reference(config, progress=progress)
+
+
+_config_command("train-au-adapter", "manifests/train/au-adapter-demo.yaml", _train_au_adapter)
+_config_command("train-feranno", "manifests/train/feranno-demo.yaml", _train_feranno)
+_config_command("index-reference", "manifests/reference/demo.yaml", _index_reference)
+
+
+@cli.group()
+def models() -> None:
+    """The models the tool uses (a registry of pinned files)."""
+
+
+@models.command("list")
+@logging_options
+def models_list() -> int:
+    """Every registered model: source, sha256, licence, whether it is cached."""
+    from builder import api
+
+    for row in api.models():
+        click.echo(f"{row['name']}  [{row['kind']}]  {row['license']}  {row['status']}\n"
+                   f"    source: {row['source']}\n    sha256: {row['sha256']}\n    {row['description']}")
+    return 0
+
+
+@models.command("fetch")
+@click.argument("name")
+@logging_options
+def models_fetch(name: str) -> int:
+    """Download (or build) a model, check its sha256, cache it; print its path."""
+    from builder import api
+
+    click.echo(api.fetch_model(name))
+    return 0
+
+
+@cli.command()
+@click.argument("out", type=PATH)
+@click.option("--name", help="FiftyOne dataset name (default: fer-synth/<manifest name>-<fingerprint[:8]>)")
+@click.option("--port", type=int, default=5151, show_default=True, help="App port (0: any free port)")
+@click.option("--address", default="127.0.0.1", show_default=True, help="address the App listens on (0.0.0.0 "
+              "serves other machines)")
+@click.option("--no-launch", is_flag=True, help="create or update the dataset and exit")
+@logging_options
+def review(out: Path, name: str | None, port: int, address: str, no_launch: bool) -> int:
+    """Put a finished release (released and rejected samples, predictions, scores, saved views) into a
+    persistent FiftyOne dataset and serve the App on it until Ctrl-C. Tag samples 'reject' or 'relabel:<class>'
+    there; `build-dataset release OUT` applies them."""
+    from builder import api
+
+    return api.review(out, name=name, address=address, port=port, launch=not no_launch)
+
+
+@cli.command()
+@click.argument("out", type=PATH)
+@click.option("--decisions", type=PATH, help='JSON {"decisions": {sample_id: "reject" | "relabel:<class>"}} '
+              "instead of the FiftyOne tags; merged with earlier decisions files (a contradiction is refused)")
+@click.option("--no-review", is_flag=True, help="drop earlier review decisions and release without")
+@click.option("--name", help="FiftyOne dataset name (default: the one `build-dataset review` made)")
+@click.option("--allow-empty", is_flag=True, help="release even when no sample is left")
+@logging_options
+def release(out: Path, decisions: Path | None, no_review: bool, name: str | None, allow_empty: bool) -> int:
+    """Apply review decisions (the 'reject' and 'relabel:<class>' tags set in the FiftyOne App by
+    `build-dataset review`, or a JSON file) and write the dataset, card and stats again. Shards are not
+    touched."""
+    from builder import api
+
+    if decisions is not None and no_review:
+        raise click.UsageError("--decisions and --no-review exclude each other")
+    _quiet_libraries(progress=False)
+    stats = api.release(out, decisions=decisions, no_review=no_review, fiftyone_name=name,
+                        from_fiftyone=decisions is None and not no_review, allow_empty=allow_empty)
+    meta = stats["stages"].get("review", {}).get("meta")
+    info(f"released {stats['released']['total']} images"
+         + (f"; review: {meta['rejected']} rejected, {meta['relabelled']} relabelled" if meta else
+            "; no review decisions"))
+    return 0
+
+
+@cli.command()
+@click.argument("out", type=PATH)
+@click.option("--repo-id", required=True, metavar="ID", help="dataset repo OWNER/NAME; created if missing")
+@click.option("--private", is_flag=True, help="create the repo private (an existing repo keeps its visibility)")
+@click.option("--dry-run", is_flag=True, help="print what would be added, updated, unchanged or deleted; change "
+              "nothing")
+@click.option("--revision", metavar="BRANCH", help="branch to push to (default main; created from main if "
+              "missing)")
+@click.option("--message", metavar="TEXT", help="commit message (default: 'Upload <dataset> <version> release')")
+@logging_options
+def push(out: Path, repo_id: str, private: bool, dry_run: bool, revision: str | None, message: str | None) -> int:
+    """Upload a released build folder (README.md, stats.json, data/, figures/, eval/) to a Hugging Face Hub
+    dataset repo in one commit; unchanged files are skipped. Token: HF_TOKEN or `hf auth login`."""
+    from builder import api
+    from cards.push import format_result
+
+    result = api.push(out, repo_id, private=private, dry_run=dry_run, revision=revision, message=message)
+    click.echo(format_result(result, out))
+    return 0
+
+
+def _set_options(flag: str, role: str, split: str):
+    def add(fn):
+        name = flag.lstrip("-").replace("-", "_")
+        for option in reversed((
+            click.option(flag, name, type=PATH, required=flag == "--test", metavar="PATH",
+                         help=f"{role}: a dataset saved with save_to_disk, or an image folder class_name/*.jpg"),
+            click.option(f"{flag}-split", f"{name}_split", help=f"split of a saved DatasetDict (default: {split})"),
+            click.option(f"{flag}-image-column", f"{name}_image_column", default="image", show_default=True,
+                         help="image column"),
+            click.option(f"{flag}-label-column", f"{name}_label_column", default="label", show_default=True,
+                         help="label column"),
+            click.option(f"{flag}-label-map", f"{name}_label_map", metavar="MAP",
+                         help="class order of integer labels or numbered class folders: affectnet7, affectnet8, "
+                         "rafdb, fer2013, or names separated by commas (default: the ClassLabel / folder names)"),
+            click.option(f"{flag}-label-base", f"{name}_label_base", type=click.IntRange(0, 1), default=0,
+                         help="1 when those integers count from 1 (RAF-DB's files)"),
+        )):
+            fn = option(fn)
+        return fn
+
+    return add
+
+
+@cli.command(context_settings={"ignore_unknown_options": False})
+@click.argument("out", type=PATH)
+@click.option("--train-split", default="train", show_default=True, help="the build's split to train on")
+@_set_options("--test", "the real labelled test set", "test")
+@_set_options("--train-real", "a real labelled training set to mix in (needs --mix)", "train")
+@click.option("--mix", type=float, metavar="RATIO", help="fraction of real samples in every epoch, 0-1 (0: "
+              "synthetic only, 1: real only)")
+@click.option("--backbone", default="microsoft/resnet-18", show_default=True, help="a Hub id "
+              "(microsoft/resnet-18, microsoft/resnet-50, google/vit-base-patch16-224), a save_pretrained folder, "
+              "or ir50:CHECKPOINT (ir50 alone: random init)")
+@click.option("--revision", help="Hub revision of the backbone (default: main)")
+@click.option("--mode", type=click.Choice(["finetune", "linear"]), default="finetune", show_default=True,
+              help="fine-tune the whole network, or train a linear probe on frozen features")
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True, help="backbone learning rate when "
+              "fine-tuning (AdamW)")
+@click.option("--head-lr", type=float, help="head learning rate (default: 1e-3 fine-tuning, 1e-2 linear)")
+@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+@click.option("--image-size", type=int, help="backbone input side (default: the backbone's own)")
+@click.option("--no-align", is_flag=True, help="do not detect and align faces (pre-aligned sets): centre crops")
+@click.option("--no-flip", is_flag=True, help="no horizontal-flip augmentation")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (a GPU when present), cpu, cuda, cuda:N")
+@click.option("--name", help="result name: OUT/eval/NAME.json (default: backbone-mode-testset[-mixR])")
+@click.option("--force", is_flag=True, help="evaluate even with the model that guided or labelled the build "
+              "(result marked guard_overridden)")
+@logging_options
+def evaluate(out: Path, test, test_split, test_image_column, test_label_column, test_label_map, test_label_base,
+             train_real, train_real_split, train_real_image_column, train_real_label_column, train_real_label_map,
+             train_real_label_base, no_align: bool, no_flip: bool, **settings) -> int:
+    """Train an expression classifier on a released build (synthetic only, or mixed with real images) and test
+    it on a real labelled set; results go to OUT/eval/ and the data card."""
+    from builder import api
+
+    test_set = api.LabelledSet(test, test_split, test_image_column, test_label_column, test_label_map,
+                               test_label_base)
+    real_set = None if train_real is None else api.LabelledSet(
+        train_real, train_real_split, train_real_image_column, train_real_label_column, train_real_label_map,
+        train_real_label_base)
+    result = api.evaluate(out, test_set, train_real=real_set, align=not no_align, flip=not no_flip,
+                          command=("build-dataset", "evaluate", *click.get_current_context().meta["argv"]),
+                          **settings)
+    m = result["metrics"]
+    click.echo(f"{result['name']}: accuracy {m['accuracy']:.4f}, macro accuracy {m['macro_accuracy']:.4f}, macro "
+               f"F1 {m['macro_f1']:.4f} over {len(m['evaluated_classes'])} classes ({m['samples_evaluated']} of "
+               f"{m['samples_total']} test samples) -> {Path(out) / 'eval' / (result['name'] + '.json')}")
+    return 0
+
+
+SUBCOMMANDS = tuple(name for name in cli.commands if name != "build")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``build-dataset`` with ``argv`` (default: the process's arguments); return the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    configure()
+    try:
+        with cli.make_context("build-dataset", list(argv)) as ctx:
+            ctx.meta["argv"] = argv[1:] if argv and argv[0] == "evaluate" else argv
+            result = cli.invoke(ctx)
+        return result if isinstance(result, int) else 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        print("\ninterrupted: finished shards are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    except UserError as exc:
+        print(f"error: {exc.render()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished shards are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a full disk or read-only folder anywhere, maybe wrapped by a library
+        if not is_storage_fault(exc):
+            raise
+        error = storage_error(exc, storage_fault(exc).filename or ".")
+        print(f"error: {error.render()}", file=sys.stderr)
+        return error.exit_code
+
+
 def _quiet_libraries(progress: bool) -> None:
-    """Keep library chatter (not errors) off the console; the build prints its own progress."""
+    """Keep library chatter (not errors) off the console; the build prints its own progress (``progress``:
+    the tool's bars). ``datasets``' own bars are off either way: the tool's bars say what is happening."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    if not progress:
-        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    if "datasets" in sys.modules:
+        from datasets.utils.logging import disable_progress_bar
+
+        disable_progress_bar()
 
 
 if __name__ == "__main__":

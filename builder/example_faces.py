@@ -26,7 +26,7 @@ def example_faces() -> dict:
     import insightface
     from PIL import Image
 
-    from curation.faces import FacePolicy, load_detector
+    from curation.faces.detect import FacePolicy, load_detector
 
     images = Path(insightface.__file__).parent / "data" / "images"
     out = {}

@@ -1,44 +1,87 @@
-"""Which stages a manifest runs, in the order the pipeline fixes."""
+"""Which stages a manifest runs, in the order the pipeline fixes: the only module that names stage classes.
+
+``Pipeline`` is what the core's executors run (``builder.core.executor.Plan``): the stage list, a stage factory
+and each shard's specs, for one manifest; it pickles with the manifest to every worker.
+"""
 from __future__ import annotations
 
-from .manifest import Manifest
-from .options import RunOptions
-from .stage import GlobalStage, Stage
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.core.options import RunOptions
+from builder.core.records import Record
+from builder.core.stage import Column, GlobalStage, Stage
+from builder.manifest import Manifest
+
+
+@dataclass
+class Pipeline:
+    """The build of one (listed) manifest, as the executors see it."""
+
+    manifest: Manifest
+
+    def __post_init__(self) -> None:
+        self.stage_names = stage_names(self.manifest)
+
+    def num_shards(self) -> int:
+        return self.manifest.num_shards()
+
+    def shard_size(self, shard: int) -> int:
+        from builder.expand.specs import shard_bounds
+
+        return len(shard_bounds(self.manifest, shard))
+
+    def specs(self, shard: int) -> list[Record]:
+        from builder.expand.specs import shard_specs
+
+        return shard_specs(self.manifest, shard)
+
+    def stages(self, options: RunOptions) -> list[Stage]:
+        return shard_stages(self.manifest, options)
+
+    def columns(self, root: Path) -> list[tuple[str, Column]]:
+        """(stage name, column) of every column the stages add to the released dataset, in pipeline order."""
+        stages = [*self.stages(RunOptions()), *self.global_stages(root)]
+        return [(stage.name, column) for stage in stages for column in stage.dataset_columns()]
+
+    def global_stages(self, root: Path) -> list[GlobalStage]:
+        """The whole-set stages, then the reviewer's decisions when the build folder holds them."""
+        return global_stages(self.manifest) + review_stages(root, self.manifest.labels.names)
 
 
 def shard_stages(manifest: Manifest, options: RunOptions | None = None) -> list[Stage]:
     """Per-shard stages, in order. Construction is cheap; models load in ``setup``."""
     options = options or RunOptions()
-    from curation.integrity import IntegrityFilter
+    from curation.shard.integrity import IntegrityFilter
 
     stages: list[Stage] = []
     if manifest.images is not None:
-        from .ingest import IngestStage
+        from builder.expand.ingest import IngestStage
 
         stages.append(IngestStage(manifest.images, manifest.listing))
     else:
-        from .generate import GenerateStage
+        from builder.synthesis.generate import GenerateStage
 
         if manifest.prompts.enrich is not None:
-            from .enrich import EnrichStage
+            from builder.synthesis.enrich import EnrichStage
 
             stages.append(EnrichStage(manifest.prompts.enrich, manifest.seed))
         stages.append(GenerateStage(manifest.generator, manifest.aus.names, manifest.labels.names, manifest.seed,
-                                    trust_remote_code=options.trust_remote_code))
+                                    trust_remote_code=options.trust_remote_code, axes=tuple(manifest.prompts.all_axes)))
     curation = manifest.curation
     if curation.integrity.enabled:
         stages.append(IntegrityFilter(curation.integrity))
     device = manifest.labelling.device if manifest.labelling is not None else "auto"
     if curation.faces.enabled:
-        from curation.quality import FaceQualityFilter
+        from curation.shard.face_quality import FaceQualityFilter
 
         stages.append(FaceQualityFilter(curation.faces, device))
     if curation.identity_leak is not None:
-        from curation.identity.leak import IdentityLeakStage
+        from curation.shard.leak import IdentityLeakStage
 
         stages.append(IdentityLeakStage(curation.identity_leak, device))
     if manifest.labelling is not None:
-        from .label import LabelStage
+        from curation.labelling.stage import LabelStage
 
         stages.append(LabelStage(manifest.labelling, manifest.labels.names, manifest.labelling.device,
                                  guide_is_only_labeller=guide_is_only_labeller(manifest),
@@ -50,28 +93,36 @@ def global_stages(manifest: Manifest) -> list[GlobalStage]:
     """Stages over all kept records, run by the release after every shard is done, in order."""
     stages: list[GlobalStage] = []
     if manifest.images is not None and manifest.images.top_k_per_class is not None:
-        from curation.select import TopKPerClass
+        from curation.whole_set.select import TopKPerClass
 
         stages.append(TopKPerClass(manifest.images.top_k_per_class))
     curation = manifest.curation
     embeddings = None
     if (curation.dedupe.enabled and curation.dedupe.embedding_similarity is not None) or curation.identities:
-        from curation.embeddings import FaceEmbeddings
+        from curation.whole_set.embeddings import FaceEmbeddings
 
         embeddings = FaceEmbeddings(curation.embedder)  # one per release: dedupe and identities share vectors
     if curation.dedupe.enabled:
-        from curation.dedupe import DedupeStage
+        from curation.whole_set.dedupe import DedupeStage
 
         stages.append(DedupeStage(curation.dedupe, embeddings))
     if curation.identities is not None:
-        from curation.identities import IdentitiesStage
+        from curation.whole_set.identities import IdentitiesStage
 
         stages.append(IdentitiesStage(curation.identities, embeddings, manifest.labels.names))
     if curation.balance is not None:
-        from curation.balance import BalanceStage
+        from curation.whole_set.balance import BalanceStage
 
         stages.append(BalanceStage(manifest.curation.balance, manifest.labels.names))
     return stages
+
+
+def review_stages(root: Path, names) -> list[GlobalStage]:
+    """The reviewer's decisions (``review.json``, written by ``build-dataset release``) as the last global stage."""
+    from curation.whole_set.review import REVIEW_FILE, ReviewStage
+
+    path = Path(root) / REVIEW_FILE
+    return [ReviewStage.from_file(path, names)] if path.is_file() else []
 
 
 def stage_names(manifest: Manifest) -> list[str]:

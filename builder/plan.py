@@ -9,10 +9,10 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
-from .expand import class_sequence, draw_prompt, shard_bounds
-from .manifest import BUILTIN_TINY_MODEL, Manifest
-from .pipeline import global_stages, stage_names
-from .sources import refuse_out_in_source
+from builder.expand.images import refuse_out_in_source
+from builder.expand.specs import class_sequence, draw_prompt, shard_bounds
+from builder.manifest import BUILTIN_TINY_MODEL, Manifest
+from builder.pipeline import global_stages, stage_names
 
 # SD 1.5 cost at 512x512 (torch FLOP counter, shared/docs/environment.md).
 SD15_UNET_TFLOP = 0.677
@@ -24,7 +24,7 @@ def make_plan(manifest: Manifest, out: Path | None = None) -> dict:
     refuse_out_in_source(manifest, out)
     plan = _images_plan(manifest) if manifest.images is not None else _generation_plan(manifest)
     if out is not None and (out / "shards").is_dir():
-        from .shards import ShardStore
+        from builder.core.shards import ShardStore
 
         store = ShardStore(out)
         plan["resume"] = {"out": str(out), "shards_done": sum(

@@ -14,262 +14,39 @@ refused and nothing is imported), and a Hub id is in the local Hugging Face cach
 the machine is offline (``HF_HUB_OFFLINE``; online the network is not touched: the load checks it). Relative
 paths are read from the folder build-dataset runs in, as the build reads them.
 
-The loaders share the file readers here: ``load_safetensors`` (refuses a pickled or truncated file with one
-clear message instead of the safetensors library's error) and ``read_json_config`` (a model folder's JSON
-config validated by a pydantic schema that names the field). The schemas of the AU adapter's and FERAnno's
-configs live here, away from their torch modules, so the checks import no torch; tests keep their fields the
-dataclasses' fields. Only a classifier config (``.yaml``) imports torch, through ``builder.fer``.
+The file readers are the loaders' own (``builder.models.files``), and the config schemas live beside each
+model in modules without torch, so the checks import no torch; only a classifier config (``.yaml``) imports
+torch, through ``builder.models.fer``.
 """
 from __future__ import annotations
 
 import difflib
-import json
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel
 
-from .errors import ModelLoadError, UserError
-from .labels import CANONICAL
-from .manifest import BUILTIN_TINY_MODEL
+from builder.core.errors import ModelLoadError, UserError
+from builder.manifest import BUILTIN_TINY_MODEL
+from builder.manifest.label_maps import CANONICAL
+from builder.models.files import first_line, read_json_config, safetensors_problem
+from builder.synthesis import au_adapter_config
+from builder.synthesis.au_adapter_config import AUAdapterConfig
+from curation.identity.folder import ReferenceIndexInfo
+from curation.labelling.feranno import config_file as feranno_files
+from curation.labelling.feranno.config_file import FERAnnoConfigFile
 
-SAFETENSORS_MAX_HEADER = 100_000_000
-"""The safetensors library refuses larger headers."""
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 LAYOUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-"""Images ``generator.layout.images`` reads (``builder.layout``)."""
-AU_ADAPTER_FILES = ("au_adapter_config.json", "au_adapter.safetensors")
-"""``builder.au_adapter.CONFIG_NAME`` and ``WEIGHTS_NAME`` (that module imports torch)."""
-FERANNO_FILES = ("feranno_config.json", "feranno.safetensors")
-"""``builder.feranno.model.CONFIG_NAME`` and ``WEIGHTS_NAME``."""
+"""Images ``generator.layout.images`` reads (``builder.synthesis.layout``)."""
+AU_ADAPTER_FILES = (au_adapter_config.CONFIG_NAME, au_adapter_config.WEIGHTS_NAME)
+FERANNO_FILES = (feranno_files.CONFIG_NAME, feranno_files.WEIGHTS_NAME)
 SCRFD_FIX = ("download the buffalo_l pack from the insightface releases, unpack it, and set "
              "curation.faces.detector_model to the path of its detector, det_10g.onnx (an SCRFD .onnx file with "
              "landmarks)")
-"""As ``curation.scrfd.FIX`` says it (that module imports torch)."""
-PICKLE_PROBLEM = ("is a pickled torch checkpoint (torch.save), not a safetensors file: pickles are refused because "
-                  "loading one can run code")
-
-
-# -- model files ---------------------------------------------------------------------------------------------------
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message, or its type when it has none."""
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
-def safetensors_problem(path: str | Path) -> str | None:
-    """Why ``path`` is not a complete safetensors file (pickled, truncated, not one at all), or None.
-
-    Reads the 8-byte header length and the JSON header only: the tensors' data must end exactly at the end of
-    the file, as the safetensors library requires.
-    """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5):
-                return PICKLE_PROBLEM
-            if len(head) < 8:
-                return f"is empty or truncated ({size} bytes): not a safetensors file"
-            length = struct.unpack("<Q", head)[0]
-            if length > min(size - 8, SAFETENSORS_MAX_HEADER):
-                return (f"is truncated or not a safetensors file (its header would be {length} bytes, the file has "
-                        f"{size})")
-            header = json.loads(fh.read(length).decode("utf-8"))
-    except OSError as exc:
-        return f"cannot be read ({exc.strerror or type(exc).__name__})"
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return "is not a safetensors file (its header is not JSON)"
-    if not isinstance(header, dict):
-        return "is not a safetensors file (its header is not a JSON object)"
-    end = 0
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            _, stop = entry["data_offsets"]
-            end = max(end, int(stop))
-        except (TypeError, KeyError, ValueError):
-            return f"is not a valid safetensors file (tensor {name!r} has no data_offsets)"
-    data = size - 8 - length
-    if end > data:
-        return f"is truncated: its header describes {end} bytes of tensor data, the file holds {data}"
-    if end < data:
-        return f"is not a valid safetensors file ({data - end} bytes follow its tensor data)"
-    return None
-
-
-def load_safetensors(path: str | Path, fix: str) -> dict:
-    """The tensors of a safetensors file; ``ModelLoadError`` naming the file for a pickled, truncated or
-    unreadable one (never the safetensors library's own error)."""
-    path = Path(path)
-    problem = safetensors_problem(path)
-    if problem:
-        raise ModelLoadError(problem, file=str(path), fix=fix)
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError) as exc:
-        raise ModelLoadError(f"cannot read the weights ({first_line(exc)})", file=str(path), fix=fix) from None
-
-
-def read_json_config(path: str | Path, schema: type[BaseModel], what: str, fix: str) -> BaseModel:
-    """``path`` (a JSON object) validated as ``schema``; ``ModelLoadError`` naming the file and every bad field."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ModelLoadError(f"not a valid {what}: not UTF-8 text (byte {exc.start})", file=str(path),
-                             fix=fix) from None
-    except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"not a valid {what}: not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
-                             file=str(path), fix=fix) from None
-    except OSError as exc:
-        raise ModelLoadError(f"cannot read the {what} ({exc.strerror or type(exc).__name__})", file=str(path),
-                             fix=fix) from None
-    if not isinstance(data, dict):
-        kind = {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(type(data), "null")
-        raise ModelLoadError(f"not a valid {what}: it must be a JSON object {{...}}, found a {kind}",
-                             file=str(path), fix=fix)
-    try:
-        return schema.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(_field_error(err, schema) for err in exc.errors())
-        raise ModelLoadError(f"not a valid {what}: {problems}", file=str(path), fix=fix) from None
-
-
-def _field_error(err: dict, schema: type[BaseModel]) -> str:
-    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    if err["type"] == "missing":
-        return f"field '{loc}': required field is missing"
-    if err["type"] == "extra_forbidden":
-        allowed = sorted(schema.model_fields) if len(err["loc"]) == 1 else []
-        close = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
-        hint = f", did you mean '{close[0]}'?" if close else ""
-        return f"field '{loc}': unknown key{hint}" + (f" (keys allowed: {', '.join(allowed)})" if allowed else "")
-    value = err.get("input")
-    shown = "" if isinstance(value, dict) else f" (got {value!r})"
-    message = err["msg"].removeprefix("Value error, ")
-    return f"field '{loc}': {message}{shown}" if err["loc"] else message
-
-
-class _ConfigFile(BaseModel):
-    """A model folder's JSON config: JSON types exactly (no "4" for 4), no unknown key."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-Positive = Annotated[int, Field(gt=0)]
-
-
-class AUAdapterConfigFile(_ConfigFile):
-    """``au_adapter_config.json`` (``builder.au_adapter.AUAdapterConfig``)."""
-
-    au_names: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
-    cross_attention_dim: Positive
-    layers: dict[str, Positive] = Field(min_length=1)
-    num_tokens: Positive = 4
-    hidden_dim: Positive = 256
-    text_tokens: Positive = 77
-    format_version: Literal[1] = 1
-    extra: dict = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _distinct_aus(self) -> AUAdapterConfigFile:
-        repeated = sorted({n for n in self.au_names if self.au_names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"au_names lists {', '.join(repeated)} more than once")
-        return self
-
-
-class _Meta(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
-
-
-class FERAnnoInversion(_Meta):
-    steps: Positive
-    timestep: Annotated[int, Field(ge=0)]
-    t: Annotated[int, Field(ge=0)]
-
-
-class FERAnnoMeta(_Meta):
-    """What ``FERAnnoLabeller`` reads from ``meta`` (train-feranno writes more)."""
-
-    label_names: list[str] = Field(min_length=2)
-    base_model: str = Field(min_length=1)
-    revision: str | None = None
-    weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    resolution: Positive
-    prompt: str
-    inversion: FERAnnoInversion
-
-    @model_validator(mode="after")
-    def _known_labels(self) -> FERAnnoMeta:
-        unknown = [n for n in self.label_names if n not in CANONICAL]
-        if unknown:
-            raise ValueError(f"label_names {unknown} are not classes of any label map")
-        return self
-
-
-class FERAnnoConfigFile(_ConfigFile):
-    """``feranno_config.json`` (``builder.feranno.model.FERAnnoConfig``)."""
-
-    feature_channels: list[Positive] = Field(min_length=1)
-    tokens: Positive
-    text_dim: Positive
-    num_classes: Annotated[int, Field(ge=2)]
-    hidden_dim: Positive = 128
-    heads: Positive = 4
-    mlp_ratio: Positive = 2
-    meta: FERAnnoMeta
-    format_version: Literal[1] = 1
-
-    @model_validator(mode="after")
-    def _consistent(self) -> FERAnnoConfigFile:
-        if self.hidden_dim % self.heads:
-            raise ValueError(f"heads ({self.heads}) does not divide hidden_dim ({self.hidden_dim})")
-        if len(self.meta.label_names) != self.num_classes:
-            raise ValueError(f"meta.label_names has {len(self.meta.label_names)} names for {self.num_classes} classes")
-        return self
-
-
-class _IndexModel(_Meta):
-    sha256: str
-    path: str
-    model: str | None = None
-
-
-class _IndexFaces(_Meta):
-    min_score: float
-    min_size: float
-
-
-class _IndexBuilt(_Meta):
-    params: dict
-    ntotal: Annotated[int, Field(ge=0)]
-    sha256: str
-
-
-class ReferenceIndexInfo(_Meta):
-    """What the stages read from a reference index's ``index.json`` (``curation.identity.folder``)."""
-
-    format: Literal[1]
-    backend: Literal["dlib", "insightface"]
-    model: _IndexModel
-    dim: Positive
-    count: Annotated[int, Field(ge=0)]
-    skipped: Annotated[int, Field(ge=0)]
-    faces: _IndexFaces
-    index: _IndexBuilt | None = None
-    sources: dict = Field(default_factory=dict)
-
-
+"""As ``curation.faces.scrfd.FIX`` says it (that module imports torch)."""
 # -- a manifest's references ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Problem:
@@ -360,6 +137,31 @@ def _references(m, trust: bool) -> Iterator[tuple[str, Iterator[Problem]]]:
     embeds = (c.dedupe.enabled and c.dedupe.embedding_similarity is not None) or c.identities is not None
     if embeds and c.embedder.backend == "insightface" and c.embedder.model is not None:
         yield "curation.embedder.model", _insightface("curation.embedder.model", c.embedder.model)
+    for field, modules in _identity_uses(m):
+        yield field, _extra(field, "identity", modules)
+
+
+def _identity_uses(m) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """(field, modules it needs) of every manifest setting that uses the ``identity`` extra."""
+    c = m.curation
+    backend = ("dlib", "face_recognition_models") if c.embedder.backend == "dlib" else ("insightface", "onnxruntime")
+    if c.faces.enabled and c.faces.detector == "scrfd":
+        yield "curation.faces.detector", ("insightface", "onnxruntime")
+    if c.identity_leak is not None:
+        yield "curation.identity_leak", ("faiss",)  # and the index's embedder, checked when it loads
+    if c.dedupe.enabled and c.dedupe.embedding_similarity is not None:
+        yield "curation.dedupe.embedding_similarity", ("faiss", *backend)
+    if c.identities is not None:
+        yield "curation.identities", ("faiss", *backend)
+
+
+def _extra(field: str, extra: str, modules: tuple[str, ...]) -> Iterator[Problem]:
+    from builder.core.extras import EXTRAS, missing_modules
+
+    missing = missing_modules(*modules)
+    if missing:
+        yield Problem(field, f"{EXTRAS[extra]} needs {', '.join(missing)}, which is not installed",
+                      f"pip install 'fer-synth[{extra}]' (or 'fer-synth[all]')")
 
 
 def _missing(field: str, ref: str, path: Path, fix: str) -> Problem:
@@ -368,7 +170,7 @@ def _missing(field: str, ref: str, path: Path, fix: str) -> Problem:
 
 
 def _is_local(ref: str) -> bool:
-    """A local path rather than a Hub id (the rule of ``builder.models.resolve_checkpoint``)."""
+    """A local path rather than a Hub id (the rule of ``builder.models.diffusion.resolve_checkpoint``)."""
     return Path(ref).expanduser().exists() or ref.startswith((".", "/", "~")) or ref.count("/") > 1
 
 
@@ -454,7 +256,7 @@ def _au_adapter(field: str, ref: str, au_names: tuple[str, ...]) -> Iterator[Pro
         return
     folder = Path(ref).expanduser()
     fix = "re-save the adapter with `build-dataset train-au-adapter` (this version of the tool)"
-    config, bad = _config(field, folder / config_name, AUAdapterConfigFile, "AU adapter config", fix)
+    config, bad = _config(field, folder / config_name, AUAdapterConfig, "AU adapter config", fix)
     yield from bad
     yield from _weights(field, folder / weights_name, fix)
     if config is not None and tuple(config.au_names) != tuple(au_names):
@@ -481,8 +283,8 @@ def _feranno(field: str, ref: str) -> Iterator[Problem]:
 
 def _classifier(field: str, ref: str, trust: bool) -> Iterator[Problem]:
     """A registry classifier, a Keras .hdf5/.h5 file, or a classifier config (the choices of
-    ``builder.store.load_fer_classifier``)."""
-    from .registry import REGISTRY, names
+    ``builder.models.store.load_fer_classifier``)."""
+    from builder.models.registry import REGISTRY, names
 
     classifiers = names("fer-classifier")
     choices = (f"use one of: {', '.join(classifiers)} (`build-dataset models list`), the path of a Keras .hdf5 "
@@ -534,13 +336,13 @@ def _classifier_config(field: str, path: Path, trust: bool) -> Iterator[Problem]
     """A classifier config: validates, names an architecture it may name (imported only once allowed: torch,
     this tool, or anything with ``trust``; it must be an ``nn.Module`` subclass and is never called), its weights
     or ONNX file exists inside its folder, its labels are known classes."""
-    from .fer.classifier_config import (
+    from builder.manifest.loader import load_manifest
+    from builder.models.fer.classifier_config import (
         TRUSTED_PACKAGES,
         ClassifierConfig,
         architecture_class,
         check_architecture,
     )
-    from .manifest_loader import load_manifest
 
     try:
         config = load_manifest(path, model=ClassifierConfig)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import UserError
-from .fer.classifier_config import ClassifierConfig
-from .feranno.config import FERAnnoTrainConfig
-from .manifest import Manifest
-from .reference_config import ReferenceConfig
-from .train_config import TrainConfig
+from builder.core.errors import UserError
+from builder.manifest import Manifest
+from builder.models.fer.classifier_config import ClassifierConfig
+from builder.synthesis.training.config import TrainConfig
+from curation.identity.config import ReferenceConfig
+from curation.labelling.feranno.config import FERAnnoTrainConfig
 
 # The source tree this module sits in, when it runs from a checkout (editable install or the repository).
 SOURCE_ROOT = Path(__file__).resolve().parent.parent

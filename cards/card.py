@@ -180,8 +180,8 @@ def _dedupe_lines(d: dict) -> list[str]:
 
 
 def _approximate_search(meta: dict) -> str:
-    """A sentence when the face-pair search was approximate (FAISS IVF above curation.embeddings.EXACT_UP_TO, with
-    the cells curation.embeddings.probes picks for the threshold)."""
+    """A sentence when the face-pair search was approximate (FAISS IVF above curation.whole_set.embeddings.EXACT_UP_TO, with
+    the cells curation.whole_set.embeddings.probes picks for the threshold)."""
     search = meta.get("face_search") or {}
     if search.get("exact", True):
         return ""
@@ -213,14 +213,6 @@ def _identities_lines(m: dict) -> list[str]:
     return lines
 
 
-COLUMN_NOTES = {
-    "face_box": "main face box x1, y1, x2, y2 in pixels", "face_landmarks": "its 5 landmarks (x, y)",
-    "face_score": "detector score", "sharpness": "Laplacian variance of the aligned face",
-    "brightness": "mean grey of the aligned face", "leak_similarity": "cosine similarity to the nearest real "
-    "reference face", "nearest_reference": "that face's id", "identity": "the sample id that founded its identity",
-}
-
-
 LICENCE_ANCHOR = "README.md#licence"  # the card's own "## Licence" section, where the Hub links license_link
 
 
@@ -248,7 +240,7 @@ def card_licence(provenance: dict | None) -> dict:
     - ``license_link``: the generator's Hub page when it came from the Hub, else the card's own Licence
       section (``README.md#licence``), which says what is known and what to check.
     """
-    from .hub_metadata import HUB_LICENSES
+    from cards.hub_metadata import HUB_LICENSES
 
     model = (provenance or {}).get("license")
     if isinstance(model, str) and model in HUB_LICENSES and model != "other":
@@ -289,7 +281,7 @@ def _licence_lines(licence: dict, provenance: dict | None) -> list[str]:
 
 def hub_configs(files: dict[str, list[str]]) -> list[dict]:
     """The card's ``configs``: the default config's splits and, when anything was dropped, 'rejected'."""
-    from .export import REJECTED
+    from cards.export import REJECTED
 
     configs = [{"config_name": "default", "default": True,
                 "data_files": [{"split": split, "path": f"data/{split}-*"} for split in files if split != REJECTED]}]
@@ -305,7 +297,7 @@ def _figure(stats: dict, name: str, caption: str) -> list[str]:
 
 
 def _files_lines(files: dict[str, list[str]]) -> list[str]:
-    from .export import REJECTED
+    from cards.export import REJECTED
 
     lines = ["Files: " + "; ".join(f"`{name}` {len(paths)} parquet shard{'s' if len(paths) != 1 else ''}"
                                    for name, paths in files.items()) + ". Load with `datasets.load_dataset(REPO)`."]
@@ -333,8 +325,9 @@ def _detector(manifest: Manifest) -> str:
     return "SCRFD" if faces.enabled and faces.detector == "scrfd" else "MTCNN"
 
 
-def render_card(manifest: Manifest, stats: dict, provenance: dict | None, root=None):
-    """A ``huggingface_hub.DatasetCard`` for the build (``provenance`` is None for an images source)."""
+def render_card(manifest: Manifest, stats: dict, provenance: dict | None, root=None, columns=None):
+    """A ``huggingface_hub.DatasetCard`` for the build (``provenance`` is None for an images source;
+    ``columns``: the (stage, Column) pairs the stages declared, listed in the card)."""
     from huggingface_hub import DatasetCard, DatasetCardData
 
     released = stats["released"]
@@ -383,21 +376,12 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict | None, root=N
             ["class", *values], [[n, *(table[n].get(v, 0) for v in values)] for n in names if n in table])]
     if stats.get("files"):
         parts += ["", *_files_lines(stats["files"])]
-    from .dataset import curation_features
-
-    extra = list(curation_features(manifest))
-    if extra:
-        parts += ["", "Curation columns: " + ", ".join(f"`{c}` ({COLUMN_NOTES[c]})" for c in extra) + "."]
+    label_note = "the labellers' class" if collected else "the expression"
+    parts += ["", "Columns (each stage declares its own): `image`, `label` (ClassLabel: " + label_note + ")"
+                  + "".join(f", `{c.name}` ({c.doc})" for _, c in columns or ()) + "."]
     if collected:
-        parts += ["", "Columns: `image`, `label` (ClassLabel: the labellers' class), `sample_id`, `source_file` (the "
-                      "image's path in the source folder, or its row in the source dataset), and the labelling "
-                      "columns below."]
         parts += ["", *_source_section(stats)]
     else:
-        parts += ["", "Columns: `image`, `label` (ClassLabel), `au` (the AU intensity targets, 0-5: a struct of "
-                      f"named floats {', '.join(manifest.aus.names)}), `prompt`, `negative_prompt`, `seed`, `sample_id`"
-                      + "".join(f", `{a}`" for a in manifest.prompts.all_axes)
-                      + ", and the generator's provenance columns."]
         parts += ["", *_generation_section(manifest, stats, provenance)]
     parts += ["", "## Processing funnel", "", _table(
         ["stage", "in", "kept", "dropped (reason: count)"],
@@ -434,7 +418,7 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict | None, root=N
         parts += ["", "## Licence", "", *_licence_lines(licence, provenance)]
         parts += ["", "## Privacy", "", *_privacy_lines(stats.get("identity_leak"))]
     if root is not None:  # results of `build-dataset evaluate` live in the build folder (eval/), not in stats
-        from evaluation import evaluation_section
+        from cards.evaluation_section import evaluation_section
 
         section = evaluation_section(root)
         if section:

@@ -5,9 +5,9 @@ import hashlib
 import json
 from pathlib import Path
 
+from builder.core.paths import record_file
+from builder.core.records import Record
 from builder.manifest import Manifest
-from builder.paths import record_file
-from builder.records import Record
 
 
 def au_description(manifest: Manifest) -> str:
@@ -50,108 +50,58 @@ def au_names_from_info(info) -> list[str]:
                          "list(dataset.features['au'])") from None
 
 
-def features(manifest: Manifest):
-    from datasets import ClassLabel, Features, Image, List, Value
+def feature(dtype: str, manifest: Manifest):
+    """The ``datasets`` feature of a declared column type (``builder.core.stage.Column``)."""
+    from datasets import ClassLabel, List, Value
+
+    if dtype in ("string", "float32", "int64"):
+        return Value(dtype)
+    if dtype == "label":
+        return ClassLabel(names=list(manifest.labels.names))
+    if dtype == "classes":
+        return List(Value("float32"), length=len(manifest.labels.names))
+    if dtype == "aus":
+        return au_feature(manifest.aus.names)
+    if dtype.startswith("float32[") and dtype.endswith("]"):
+        sizes = [int(n) for n in dtype[len("float32["):-1].split(",")]
+        out = Value("float32")
+        for size in reversed(sizes):
+            out = List(out, length=size)
+        return out
+    raise ValueError(f"unknown column type {dtype!r}")
+
+
+def features(manifest: Manifest, columns):
+    """The released dataset's features: ``image``, ``label``, then every stage's declared ``columns``
+    ((stage name, Column) pairs, in pipeline order)."""
+    from datasets import ClassLabel, Features, Image
 
     cols = {"image": Image(), "label": ClassLabel(names=list(manifest.labels.names))}
-    if manifest.images is not None:
-        cols.update({"sample_id": Value("string"), "source_file": Value("string")})
-    else:
-        cols.update({
-            "au": au_feature(manifest.aus.names),
-            "prompt": Value("string"),
-            "negative_prompt": Value("string"),
-            "seed": Value("int64"),
-            "sample_id": Value("string"),
-        })
-        cols.update({axis: Value("string") for axis in manifest.prompts.all_axes})
-        if manifest.generator.layout is not None:
-            cols["layout_reference"] = Value("string")
-    if manifest.labelling is not None:
-        cols.update({
-            "target_label": ClassLabel(names=list(manifest.labels.names)),
-            "label_disposition": Value("string"),
-            "label_confidence": Value("float32"),
-            "label_agreement": Value("float32"),
-        })
-        cols.update({f"probs_{name}": List(Value("float32"), length=len(manifest.labels.names))
-                     for name in manifest.labelling.labeller_names})
-    cols.update(curation_features(manifest))
-    if manifest.images is None:
-        cols.update({
-            "generator_model": Value("string"),
-            "generator_revision": Value("string"),
-            "generator_weights_sha256": Value("string"),
-        })
+    cols.update({column.name: feature(column.dtype, manifest) for _, column in columns})
     return Features(cols)
 
 
-def labelling_columns(record: Record, names) -> dict:
-    """The label-calibration columns of a labelled record (see ``features``)."""
-    lab = record.labelling
-    target = list(names).index(lab["target"]) if lab["target"] is not None else None
-    return {"target_label": target, "label_disposition": lab["disposition"],
-            "label_confidence": lab["confidence"], "label_agreement": lab["agreement"],
-            **{f"probs_{name}": probs for name, probs in lab["experts"].items()}}
-
-
-def curation_features(manifest: Manifest) -> dict:
-    """Columns of the curation stages that ran: face measurements, the leak gate's verdict, the identity."""
-    from datasets import List, Value
-
-    curation, cols = manifest.curation, {}
-    if curation.faces.enabled:
-        cols.update({"face_box": List(Value("float32"), length=4),
-                     "face_landmarks": List(List(Value("float32"), length=2), length=5),
-                     "face_score": Value("float32"), "sharpness": Value("float32"), "brightness": Value("float32")})
-    if curation.identity_leak is not None:
-        cols.update({"leak_similarity": Value("float32"), "nearest_reference": Value("string")})
-    if curation.identities is not None:
-        cols["identity"] = Value("string")
-    return cols
-
-
-def curation_values(record: Record, columns) -> dict:
-    face = record.face or {}
-    values = {"face_box": face.get("box"), "face_landmarks": face.get("landmarks"),
-              "face_score": face.get("score"), "sharpness": record.scores.get("sharpness"),
-              "brightness": record.scores.get("brightness"), "leak_similarity": record.scores.get("leak_similarity"),
-              "nearest_reference": (face.get("nearest_reference") or {}).get("id"), "identity": face.get("identity")}
-    return {key: values[key] for key in columns}
-
-
-def row(record: Record, root: Path, provenance: dict | None, names, curation_columns=(), aus=()) -> dict:
-    """The released row of a kept record; ``names`` are the classes, ``aus`` the AU names of its ``au`` struct."""
-    image = {"bytes": record_file(root, record.image).read_bytes(), "path": Path(record.image).name}
-    labelling = labelling_columns(record, names) if record.labelling else {}
-    labelling.update(curation_values(record, curation_columns))
-    if provenance is None:  # an images source
-        return {"image": image, "label": record.label, "sample_id": record.sample_id, "source_file": record.source,
-                **labelling}
-    return {
-        "image": image,
-        "label": record.label,
-        "au": dict(zip(aus, record.au, strict=True)),
-        "prompt": record.prompt,
-        "negative_prompt": record.negative_prompt,
-        "seed": record.seed,
-        "sample_id": record.sample_id,
-        **record.attributes,
-        "generator_model": provenance["model"],
-        "generator_revision": provenance["revision"],
-        "generator_weights_sha256": provenance["weights_sha256"],
-        **labelling,
-    }
+def row(record: Record, root: Path, columns, metas: dict, manifest: Manifest) -> dict:
+    """The released row of a kept record: its image and label, then each declared column's value (``metas``:
+    stage name -> the stage's meta, which some columns read, e.g. the generator's provenance)."""
+    values = {"image": {"bytes": record_file(root, record.image).read_bytes(), "path": Path(record.image).name},
+              "label": record.label}
+    for stage, column in columns:
+        value = column.value(record, metas.get(stage, {}))
+        if column.dtype == "label" and isinstance(value, str):
+            value = list(manifest.labels.names).index(value)
+        elif column.dtype == "aus":
+            value = dict(zip(manifest.aus.names, value, strict=True))
+        values[column.name] = value
+    return values
 
 
 def build_dataset_dict(splits: dict[str, list[Record]], manifest: Manifest, provenance: dict | None, root: Path,
-                       cache_dir: Path):
+                       cache_dir: Path, columns, metas: dict):
     """A ``DatasetDict`` written through an on-disk Arrow cache (memory does not grow with size)."""
     from datasets import Dataset, DatasetDict, NamedSplit
 
-    feats = features(manifest)
-    curation = list(curation_features(manifest))
-    aus = tuple(manifest.aus.names) if manifest.images is None else ()
+    feats = features(manifest, columns)
     out = {}
     for name, records in splits.items():
         if not records:
@@ -162,7 +112,7 @@ def build_dataset_dict(splits: dict[str, list[Record]], manifest: Manifest, prov
 
         def gen(records=records):
             for rec in records:
-                yield row(rec, root, provenance, manifest.labels.names, curation, aus)
+                yield row(rec, root, columns, metas, manifest)
 
         ds = Dataset.from_generator(
             gen, features=feats, cache_dir=str(cache_dir), split=NamedSplit(name), fingerprint=fingerprint

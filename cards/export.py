@@ -2,7 +2,7 @@
 
 Layout (inside the release folder)::
 
-    records/<split>.jsonl          the released Records (``builder.records``), one file per split
+    records/<split>.jsonl          the released Records (``builder.core.records``), one file per split
     data/<split>-NNNNN-of-MMMMM.parquet    the default config, Hub layout (``datasets`` features kept)
     data/rejected-NNNNN-of-MMMMM.parquet   the 'rejected' config: every dropped sample with stage,
                                            reason and detail (and its image where one was made); only
@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from builder.paths import record_file
-from builder.records import Record, write_jsonl
+from builder.core.paths import record_file
+from builder.core.records import Record, write_jsonl
 
 MAX_SHARD_BYTES = 500 * 1024 * 1024
 REJECTED = "rejected"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from builder.records import Record
+from builder.core.records import Record
 
 PER_CLASS = 6
 THUMB = 96

@@ -31,9 +31,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder.errors import UserError
-
-from .release import MARKER
+from builder.core.build_folder import MARKER
+from builder.core.errors import UserError
 
 REPO_TYPE = "dataset"
 DEFAULT_REVISION = "main"
@@ -108,7 +107,7 @@ def release_files(out: Path) -> dict[str, Path]:
     if not any(p.startswith("data/") for p in files):
         raise UserError("the release has no data/*.parquet files (released by an older version of the tool?)",
                         file=str(out), fix=f"run `build-dataset MANIFEST --out {out}` again to redo the release")
-    from .hub_metadata import validate_card_text
+    from cards.hub_metadata import validate_card_text
 
     problems = validate_card_text((out / "README.md").read_text(encoding="utf-8"))
     if problems:  # the Hub would refuse or mislabel it: say so before anything is uploaded
@@ -170,7 +169,12 @@ def push(out: Path, repo_id: str, *, private: bool = False, dry_run: bool = Fals
 
     ``endpoint``: the Hub's URL; default ``HF_ENDPOINT`` as set now, else huggingface_hub's default.
     """
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
+    from huggingface_hub import (
+        CommitOperationAdd,
+        CommitOperationDelete,
+        HfApi,
+        get_token,
+    )
     from huggingface_hub import constants as hf_constants
 
     out = Path(out)

@@ -1,8 +1,9 @@
-"""The release step: after every shard is done, assemble the dataset, card and stats.
+"""Writing a release: the dataset, parquet, records, figures, stats and card of the released records.
 
-Everything is written into ``.release-tmp/`` first and moved into place after;
-``.release.json`` is written last and names the build it belongs to, so a
-release killed half-way is simply redone on the next run.
+The roof (``builder.run``) runs the whole-set stages and calls these: everything is written into
+``.release-tmp/`` (``prepare_staging``) and flushed, then swapped into place (``swap_in``) with
+``.release.json`` written last, so a release killed half-way is redone by the next run and a failed one
+(a full disk) leaves the previous release as it was.
 """
 from __future__ import annotations
 
@@ -12,31 +13,20 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from builder import __version__
-from builder.errors import OutputDirError, UserError, is_storage_fault, storage_error
+from builder.core.build_folder import MARKER, write_marker
+from builder.core.errors import OutputDirError, UserError
+from builder.core.records import Record, read_jsonl, write_jsonl
+from builder.core.shards import ShardStore, fsync_dir, fsync_tree
+from builder.core.version import __version__
 from builder.manifest import Manifest
-from builder.pipeline import global_stages
-from builder.records import Record, read_jsonl, write_jsonl
-from builder.shards import ShardStore, fsync_dir, fsync_tree, write_durably
+from cards.card import render_card
+from cards.dataset import build_dataset_dict
+from cards.export import REJECTED, rejected_dataset, write_parquet, write_records
+from cards.figures import render_figures
+from cards.splits import assign_splits
 
-from .card import render_card
-from .dataset import build_dataset_dict
-from .export import REJECTED, rejected_dataset, write_parquet, write_records
-from .figures import render_figures
-from .splits import assign_splits
-
-MARKER = ".release.json"
 STAGING, RETIRED = ".release-tmp", ".release-old"
 OUTPUTS = ("hf", "data", "records", "figures", "rejected", "README.md", "stats.json")
-
-
-def is_released(root: Path, fingerprint: str) -> bool:
-    """True when ``root`` holds a complete release of the build ``fingerprint`` (a damaged marker: not)."""
-    marker = root / MARKER
-    try:
-        return json.loads(marker.read_text()).get("fingerprint") == fingerprint
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def stage_totals(store: ShardStore, stage: str, shards: range) -> dict:
@@ -92,7 +82,7 @@ def identity_leak_stats(store: ShardStore, stages: list[str], shards: range, clo
     """The leak gate's set-up plus the similarity histogram and closest pairs of every image it judged."""
     if "identity_leak" not in stages or not shards:
         return None
-    from curation.identity.leak import leak_report
+    from curation.shard.leak import leak_report
 
     meta = store.stats("identity_leak", 0)["meta"]
     judged = [r for s in shards for r in store.kept("identity_leak", s) + store.rejected("identity_leak", s)]
@@ -110,25 +100,12 @@ def generator_provenance(store: ShardStore, shards: range) -> dict:
     return json.loads(seen.pop())
 
 
-def release(manifest: Manifest, root: Path, stages: list[str], fingerprint: str, log=print,
-            allow_empty: bool = False) -> dict:
-    """Write ``hf/``, ``README.md``, ``stats.json`` and ``rejected/`` for a build whose shards are all done.
-
-    Everything is written to ``.release-tmp/`` and flushed first; a failure there (a full disk) removes it and
-    leaves the previous release as it was. Only then are the outputs swapped in, between removing and
-    rewriting ``.release.json``, so an interrupted swap is redone by the next run. A release with no sample
-    left is refused (with the funnel) unless ``allow_empty``.
-    """
-    staging = root / STAGING
-    try:
-        stats = _write_release(manifest, root, stages, fingerprint, log, allow_empty, staging)
-    except BaseException as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        if is_storage_fault(exc):
-            raise storage_error(exc, root) from None
-        raise
-    _swap_in(root, staging, {"fingerprint": fingerprint, "shards": manifest.num_shards()})
-    return stats
+def prepare_staging(root: Path) -> Path:
+    """A fresh staging folder (``.release-tmp/``, with ``rejected/``) for the next release of ``root``."""
+    staging = Path(root) / STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "rejected").mkdir(parents=True)
+    return staging
 
 
 def clean_release_leftovers(root: Path) -> None:
@@ -137,8 +114,12 @@ def clean_release_leftovers(root: Path) -> None:
     shutil.rmtree(root / RETIRED, ignore_errors=True)
 
 
-def _swap_in(root: Path, staging: Path, marker: dict) -> None:
-    """Replace the release outputs in ``root`` by those in ``staging`` (renames only), then write the marker."""
+def swap_in(root: Path, staging: Path, fingerprint: str, shards: int) -> None:
+    """Replace the release outputs in ``root`` by those in ``staging`` (renames only), then write the marker.
+
+    The marker is removed first, so an interrupted swap leaves no release and the next run redoes it; until
+    then the previous release stays whole and loadable.
+    """
     retired = root / RETIRED
     shutil.rmtree(retired, ignore_errors=True)
     retired.mkdir()
@@ -149,37 +130,36 @@ def _swap_in(root: Path, staging: Path, marker: dict) -> None:
             (root / name).rename(retired / name)
         if (staging / name).exists():
             (staging / name).rename(root / name)
-    write_durably(root / MARKER, json.dumps(marker) + "\n")
+    write_marker(root, fingerprint, shards)
     shutil.rmtree(retired, ignore_errors=True)
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def _write_release(manifest: Manifest, root: Path, stages: list[str], fingerprint: str, log, allow_empty: bool,
-                   staging: Path) -> dict:
-    started = time.perf_counter()
+def write_shard_rejects(store: ShardStore, stages: list[str], shards: range, staging: Path) -> None:
+    """``rejected/<stage>.jsonl`` of every shard stage, in shard order."""
+    for stage in stages:
+        write_jsonl(staging / "rejected" / f"{stage}.jsonl", (r for s in shards for r in store.rejected(stage, s)))
+
+
+def write_release(manifest: Manifest, root: Path, staging: Path, stages: list[str], kept: list[Record],
+                  labelled: list[Record], global_totals: dict, fingerprint: str, started: float, columns,
+                  log=print) -> dict:
+    """Write the dataset, parquet, records, figures, stats and card of ``kept`` into ``staging``, flushed.
+
+    ``labelled``: what the shard stages kept (before the whole-set stages); ``global_totals``: the whole-set
+    stages' totals (their rejects are already in ``staging/rejected``); ``columns``: the (stage, Column) pairs
+    the stages declare, the dataset's columns after ``image`` and ``label``.
+    """
     store = ShardStore(root)
     shards = range(manifest.num_shards())
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-
     generating = "generate" in stages
     provenance = generator_provenance(store, shards) if generating else None
-    kept = [rec for shard in shards for rec in store.kept(stages[-1], shard)]
     generate_meta = store.stats("generate", 0)["meta"] if generating and shards else {}
-    prompts = prompt_stats(kept, generate_meta["max_prompt_tokens"]) if generate_meta else {}
+    prompts = prompt_stats(labelled, generate_meta["max_prompt_tokens"]) if generate_meta else {}
     if prompts.get("truncated"):
         log(f"warning: {prompts['truncated']} prompts are longer than the text encoder's "
             f"{prompts['max_tokens']} tokens and were truncated (longest: {prompts['longest']})")
-
-    (staging / "rejected").mkdir()
-    for stage in stages:
-        write_jsonl(staging / "rejected" / f"{stage}.jsonl", (r for s in shards for r in store.rejected(stage, s)))
-    labelled, global_totals = kept, {}
     names = manifest.labels.names
-    for stage in [*global_stages(manifest), *review_stages(root, names)]:
-        kept, global_totals[stage.name] = run_global_stage(stage, kept, root, staging / "rejected" / f"{stage.name}.jsonl")
-    if not kept and not allow_empty:
-        raise EmptyReleaseError(root, funnel(store, stages, shards, global_totals))
     split_axes = tuple(manifest.prompts.all_axes) if generating else ()
     splits = assign_splits(kept, manifest.output.splits, manifest.seed, split_axes)
 
@@ -188,7 +168,9 @@ def _write_release(manifest: Manifest, root: Path, stages: list[str], fingerprin
         log(f"warning: split(s) {', '.join(empty)} received no sample and are left out of hf/")
     log(f"writing the dataset ({len(kept)} images)")
     write_records(splits, staging / "records")
-    dataset = build_dataset_dict(splits, manifest, provenance, root, staging / "arrow-cache")
+    metas = {stage: store.stats(stage, 0)["meta"] for stage in stages if shards}
+    metas.update({name: totals.get("meta", {}) for name, totals in global_totals.items()})
+    dataset = build_dataset_dict(splits, manifest, provenance, root, staging / "arrow-cache", columns, metas)
     dataset.save_to_disk(str(staging / "hf"))
     parquet = {split: write_parquet(ds, staging / "data", split) for split, ds in dataset.items()}
     del dataset
@@ -227,6 +209,8 @@ def _write_release(manifest: Manifest, root: Path, stages: list[str], fingerprin
                                              if manifest.curation.identity_leak else 0),
     }
     stats["released"]["by_attribute"] = attribute_counts(kept, names, split_axes)
+    stats["columns"] = {column.name: {"stage": stage, "type": column.dtype, "doc": column.doc}
+                        for stage, column in columns}
     stats["files"] = {config: [p.relative_to(staging).as_posix() for p in paths] for config, paths in parquet.items()}
     stats["figures"] = render_figures(stats, splits, names, root, staging / "figures")
     if stats["identity_leak"] is not None:
@@ -234,7 +218,7 @@ def _write_release(manifest: Manifest, root: Path, stages: list[str], fingerprin
     stats["stages"]["release"] = {"in": len(kept), "kept": len(kept), "dropped": {},
                                   "seconds": round(time.perf_counter() - started, 3)}
     (staging / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    render_card(manifest, stats, provenance, root).save(staging / "README.md")
+    render_card(manifest, stats, provenance, root, columns).save(staging / "README.md")
     fsync_tree(staging)
     return stats
 
@@ -271,28 +255,6 @@ def attribute_counts(records: list[Record], names, axes) -> dict:
             table.setdefault(names[r.label], Counter())[r.attributes.get(axis, "")] += 1
         out[axis] = {n: dict(sorted(table[n].items())) for n in names if n in table}
     return out
-
-
-def review_stages(root: Path, names) -> list:
-    """The reviewer's decisions (``review.json``, written by ``build-dataset release``) as the last global stage."""
-    from curation.review import REVIEW_FILE, ReviewStage
-
-    path = root / REVIEW_FILE
-    return [ReviewStage.from_file(path, names)] if path.is_file() else []
-
-
-def run_global_stage(stage, records: list[Record], root: Path, rejected_path: Path) -> tuple[list[Record], dict]:
-    """Run a global stage over all kept records; write its rejects; return (kept, totals like a shard stage's)."""
-    started = time.perf_counter()
-    out = list(stage.process(records, root))
-    if sorted(r.sample_id for r in out) != sorted(r.sample_id for r in records):
-        raise RuntimeError(f"stage {stage.name!r} must yield each input record exactly once")
-    kept = [r for r in out if r.drop is None]
-    rejected = [r for r in out if r.drop is not None]
-    write_jsonl(rejected_path, rejected)
-    return kept, {"in": len(records), "kept": len(kept),
-                  "dropped": dict(sorted(Counter(r.drop.reason for r in rejected).items())),
-                  "seconds": round(time.perf_counter() - started, 3), "meta": stage.meta()}
 
 
 def prompt_stats(records, max_tokens: int) -> dict:

@@ -14,7 +14,7 @@ tagged ``rejected`` and ``rejected:<stage>``) is in it; the fields are listed in
 - ``relabel:<class>`` -> ``"relabel:<class>"`` (a class of the build's label set, else ``UserError``);
 - both on one sample: ``reject`` wins, with a warning; other tags are ignored.
 
-``build-dataset release OUT`` applies that file as its last global stage (``curation.review``).
+``build-dataset release OUT`` applies that file as its last global stage (``curation.whole_set.review``).
 The database and App processes are handled by ``cards.review_app``.
 """
 from __future__ import annotations
@@ -26,9 +26,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.errors import OutputDirError, UserError
-from builder.paths import record_file
-from builder.records import Record, read_jsonl
+from builder.core.build_folder import require_release
+from builder.core.errors import OutputDirError, UserError
+from builder.core.paths import record_file
+from builder.core.records import Record, read_jsonl
 
 PREFIX = "fer-synth/"
 REJECT = "reject"
@@ -89,9 +90,14 @@ class Release:
 def build_manifest(out: Path):
     """(manifest, fingerprint) recorded in ``out/build.json``. Unlike a resumed build, the images source is
     not listed again: reviewing does not need it, so the review works from any directory."""
-    from builder.run import load_build
+    from builder.manifest.recorded import recorded_manifest
 
-    return load_build(out, verify=False)
+    manifest, fingerprint, _ = recorded_manifest(out)
+    if manifest.needs_listing():
+        raise OutputDirError(f"'{out}' was built by an older build-dataset that did not record its images listing",
+                             fix="run the build once with this version (`build-dataset MANIFEST --out OUT`: it "
+                             "resumes, records the listing and changes nothing else), then review")
+    return manifest, fingerprint
 
 
 def dataset_name(out: Path) -> str:
@@ -103,10 +109,7 @@ def load_release(out: Path) -> Release:
     """The released and rejected records of a finished release (``OUT/records``, ``OUT/rejected``)."""
     out = Path(out).resolve()
     manifest, fingerprint = build_manifest(out)
-    marker = out / ".release.json"
-    if not marker.is_file() or json.loads(marker.read_text()).get("fingerprint") != fingerprint:
-        raise OutputDirError(f"'{out}' is not released", fix="finish the build first: build-dataset MANIFEST "
-                             "--out OUT (it resumes)")
+    require_release(out, fingerprint)
     if not (out / "records").is_dir():
         raise OutputDirError(f"'{out}' has no records/ (released by an older build-dataset)",
                              fix="release it again: build-dataset release OUT --no-review")
@@ -142,26 +145,10 @@ class _Layout:
             taken.add(self.scores[key])
         labellers = sorted({n for r in records if r.labelling for n in r.labelling.get("experts", {})})
         self.experts = {n: _field(f"expert_{n}", taken, "x_") for n in labellers}
-        ids = {r.sample_id for r in records}
-        self.keeper = {r.sample_id: k for r in records if r.drop and r.drop.stage == "dedupe"
-                       and (k := _named_sample(r.drop.detail, ids - {r.sample_id}))}
-        self.reference = {r.sample_id: ref for r in records if r.drop and r.drop.reason.startswith("reference_")
-                          and (ref := _after(r.drop.detail, ("reference image ", "reference face ")))}
-
-
-def _named_sample(detail: str, ids: set[str]) -> str | None:
-    """The sample id a dedupe detail names ('same pixels as X', '... bits from X (mirror image)', '... to X')."""
-    for token in reversed(detail.replace("(", " ").replace(")", " ").split()):
-        if token in ids:
-            return token
-    return None
-
-
-def _after(detail: str, markers) -> str | None:
-    for marker in markers:
-        if marker in detail:
-            return detail.split(marker, 1)[1].split(" (")[0].strip() or None
-    return None
+        related = {r.sample_id: r.drop.related for r in records if r.drop and r.drop.stage == "dedupe"
+                   and r.drop.related}
+        self.keeper = {sid: rel["duplicate_of"] for sid, rel in related.items() if "duplicate_of" in rel}
+        self.reference = {sid: rel["reference"] for sid, rel in related.items() if "reference" in rel}
 
 
 def _fields(record: Record, split: str | None, release: Release, layout: _Layout, groups: set[str]) -> dict:
@@ -292,7 +279,7 @@ def _filepath(record: Record, out: Path) -> str:
 
 def review_dataset(out: Path, name: str | None = None, log=_stderr):
     """Create or update the build's FiftyOne dataset (see the module docstring); return it."""
-    from .review_app import connect
+    from cards.review_app import connect
 
     release = load_release(out)
     name = name or f"{PREFIX}{release.manifest.name}-{release.fingerprint[:8]}"
@@ -355,6 +342,7 @@ def _info(release: Release, layout: _Layout) -> dict:
     return {"build": str(release.out), "fingerprint": release.fingerprint, "manifest": m.name, "version": m.version,
             "label_names": list(release.names), "au_names": au_names(release),
             "attributes": layout.attributes, "scores": layout.scores, "labellers": layout.experts,
+            "columns": release.stats.get("columns", {}),  # what each released column holds, as the stages declare it
             "review_tags": {REJECT: "drop the sample", f"{RELABEL}<class>": "give it this class: "
                             + ", ".join(release.names)}}
 
@@ -406,9 +394,12 @@ def collect_review(out: Path | str, name: str | None = None, log=_stderr) -> dic
     not exist or belongs to another build, and for an unknown class or two different relabel tags on one
     sample (naming the sample and the valid classes).
     """
-    from curation.review import build_sample_ids, check_sample_ids, write_review
-
-    from .review_app import connect
+    from cards.review_app import connect
+    from curation.whole_set.review import (
+        build_sample_ids,
+        check_sample_ids,
+        write_review,
+    )
 
     out = Path(out)
     manifest, fingerprint = build_manifest(out)

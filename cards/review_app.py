@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder.errors import UserError
+from builder.core.errors import UserError
 
 DEFAULT_PORT = 5151  # FiftyOne's own default App port
 STARTUP_TIMEOUT_S = 120.0
@@ -340,9 +340,10 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def run_review(out: Path, name: str | None = None, address: str = "127.0.0.1", port: int = DEFAULT_PORT,
-               launch: bool = True, log=_log) -> int:
-    """``build-dataset review``: create/update the dataset, then serve the App until Ctrl-C or SIGTERM.
+def run_review(make_dataset, address: str = "127.0.0.1", port: int = DEFAULT_PORT, launch: bool = True,
+               log=_log) -> int:
+    """``build-dataset review``: create/update the dataset (``make_dataset()``, once the database runs), then
+    serve the App until Ctrl-C or SIGTERM.
 
     On any exit (normal, signal, exception) the App server and the database this call started are stopped,
     and it waits until no process it started is left (killing stragglers after a grace period).
@@ -350,8 +351,6 @@ def run_review(out: Path, name: str | None = None, address: str = "127.0.0.1", p
     import threading
 
     import psutil
-
-    from .review import review_dataset
 
     quiet_fiftyone()
     if launch:
@@ -363,7 +362,7 @@ def run_review(out: Path, name: str | None = None, address: str = "127.0.0.1", p
         handlers = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         log(connect(log).describe())
-        dataset = review_dataset(out, name, log)
+        dataset = make_dataset()
         if launch:
             with app(dataset, address, port) as running:
                 print(f"App: {running.url} (dataset '{dataset.name}', {len(dataset)} samples; answered after "

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from builder.records import Record
-from builder.seeding import derive_seed
+from builder.core.records import Record
+from builder.core.seeding import derive_seed
 
 
 def allocate(n: int, fractions: dict[str, float]) -> dict[str, int]:

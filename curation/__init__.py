@@ -1,1 +1,1 @@
-"""Curation stages: each judges records and says why it drops any (see builder.stage)."""
+"""Curation stages: each judges records and says why it drops any (see builder.core.stage)."""

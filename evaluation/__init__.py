@@ -5,7 +5,7 @@ mixed with a real training set), tests it on a real labelled set, and writes
 the numbers, the per-sample predictions, a confusion-matrix figure and a data
 card section into ``OUT/eval/``. Modules, in the order the command uses them:
 
-- ``cli``: the arguments and the run (``main(argv)``);
+- ``run``: the settings (``Evaluation``, ``LabelledSet``) and the run (``evaluate``);
 - ``sources``: the build's training split, real labelled sets (a saved
   ``datasets`` dataset or an image folder);
 - ``labels``: label maps aligned by canonical emotion name, coverage of both sides;
@@ -14,15 +14,9 @@ card section into ``OUT/eval/``. Modules, in the order the command uses them:
 - ``backbones`` (+ ``ir50``): transformers backbones by Hub id or folder, IR-50 in torch;
 - ``train``: seeded fine-tuning or linear probing, the real/synthetic mix per epoch;
 - ``metrics``: accuracy, macro accuracy, per-class F1, confusion (also from saved predictions);
-- ``report``: result JSON, predictions, figure, card fragments and ``evaluation_section``.
+- ``report``: the predictions file and the confusion figure (the card's section is
+  ``cards.evaluation_section``, which reads the result JSON).
 
 Importing this package (and ``evaluation.report``) loads no torch.
 """
 from __future__ import annotations
-
-
-def evaluation_section(out) -> list[str]:
-    """Markdown lines for the data card summarising every ``OUT/eval/*.json`` ([] when there is none)."""
-    from .report import evaluation_section as section
-
-    return section(out)

@@ -15,7 +15,7 @@
 Features: a ViT's [CLS] token after the final layer norm; otherwise the
 model's pooled output (ResNet's global average pool); IR-50's 512-d embedding.
 Input normalisation comes from the checkpoint's ``preprocessor_config.json``
-when it has one. ``weights_sha256`` follows ``builder.models.weights_sha256``
+when it has one. ``weights_sha256`` follows ``builder.models.diffusion.weights_sha256``
 (Hub blobs by name), and every weight file's own sha256 is kept too, so the
 guard can compare them with the guide's and the labellers' hashes.
 """
@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from builder.errors import UserError
-from builder.models import WEIGHT_SUFFIXES, file_sha256, weights_sha256
+from builder.core.errors import UserError
+from builder.models.diffusion import WEIGHT_SUFFIXES, file_sha256, weights_sha256
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -87,7 +87,7 @@ def load_backbone(spec: str, image_size: int | None = None, revision: str | None
 
 
 def _ir50(path: str | None, image_size: int | None) -> Backbone:
-    from .ir50 import IR50, input_size_of, read_state_dict
+    from evaluation.ir50 import IR50, input_size_of, read_state_dict
 
     info = {"kind": "ir50", "id": "ir50" if path is None else f"ir50:{path}", "architecture": "IR-50 (face.evoLVe)",
             "pretrained": path is not None}

@@ -1,6 +1,6 @@
 """Face crops for training and testing, aligned the way the curation stages align them.
 
-Each image becomes one ``size`` x ``size`` RGB crop (``curation.faces.align``:
+Each image becomes one ``size`` x ``size`` RGB crop (``curation.faces.detect.align``:
 5-point similarity alignment to the ArcFace template, zoomed out by
 ``margin``), with the build's labelling settings (``labelling.faces``) or the
 defaults the label stage uses. The build's own landmarks are reused when the
@@ -75,7 +75,7 @@ class Cropper:
 
     def detector(self):
         if self._detector is None:
-            from curation.faces import load_detector
+            from curation.faces.detect import load_detector
 
             self._detector = load_detector(self.device)
         return self._detector
@@ -117,8 +117,8 @@ class Cropper:
         return Crops(np.load(pixels_path, mmap_mode="r"), status)
 
     def _one(self, imageset, i: int) -> tuple[np.ndarray | None, str]:
-        from builder.imaging import square_pixels
-        from curation.faces import FacePolicy, align, find_face
+        from builder.models.imaging import square_pixels
+        from curation.faces.detect import FacePolicy, align, find_face
 
         try:
             image = imageset.load(i)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from builder.errors import UserError
+from builder.core.errors import UserError
 
 
 def _models(stats: dict, manifest: dict) -> list[dict]:
@@ -63,14 +63,14 @@ def _names(model: str) -> set[str]:
 
 def _extra_hashes(model: str) -> tuple[set[str], set[str]]:
     """(sha256s, paths) of the files behind a recorded model: a classifier config's weights, a registry entry."""
-    from builder.models import file_sha256
+    from builder.models.diffusion import file_sha256
 
     hashes, paths = set(), set()
     path = Path(model).expanduser()
     if path.suffix.lower() in (".yaml", ".yml") and path.is_file():
         try:
-            from builder.fer.classifier_config import ClassifierConfig
-            from builder.manifest_loader import load_manifest
+            from builder.manifest.loader import load_manifest
+            from builder.models.fer.classifier_config import ClassifierConfig
 
             weights = load_manifest(path, model=ClassifierConfig).model_file(path)
             if weights.is_file():
@@ -79,7 +79,7 @@ def _extra_hashes(model: str) -> tuple[set[str], set[str]]:
         except UserError:
             pass  # a config that no longer loads: its recorded sha256 still counts
     else:
-        from builder.registry import REGISTRY
+        from builder.models.registry import REGISTRY
 
         entry = REGISTRY.get(model)
         if entry is not None:

@@ -101,11 +101,3 @@ def input_size_of(state: dict[str, torch.Tensor]) -> int:
     if weight is None:
         raise ValueError("no output_layer.3.weight: not an IR-50 checkpoint")
     return 224 if weight.shape[1] == 512 * 14 * 14 else 112
-
-
-def load_ir50(path: Path) -> IR50:
-    """An IR-50 with the weights of ``path`` (strict: every tensor must fit)."""
-    state = read_state_dict(path)
-    model = IR50(input_size_of(state))
-    model.load_state_dict(state, strict=True)
-    return model

@@ -1,7 +1,7 @@
 """Label maps aligned by canonical emotion name, never by index.
 
 AffectNet, RAF-DB and FER2013 order (and spell) the same emotions differently
-(``builder.labels``; method.md). The model predicts the classes of the built
+(``builder.manifest.label_maps``; method.md). The model predicts the classes of the built
 dataset that it saw in training; a test set's classes are mapped onto them by
 canonical name. Nothing is dropped silently: the alignment lists the model's
 classes the test set lacks and the test set's classes the model cannot
@@ -12,8 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from builder.errors import UserError
-from builder.labels import CANONICAL, EXPRESSION_TEXT, LABEL_MAPS
+from builder.core.errors import UserError
+from builder.manifest.label_maps import (
+    CANONICAL,
+    EXPRESSION_TEXT,
+    LABEL_MAPS,
+    align_labels,
+)
 
 ALIASES: dict[str, str] = {
     **CANONICAL,
@@ -111,5 +116,5 @@ def align(model_names: Sequence[str], set_names: Sequence[str], where: str = "te
     """Map ``set_names`` onto ``model_names`` by canonical emotion (both checked: every name known, no repeats)."""
     model_canon = canonical_names(model_names, "the built dataset")
     set_canon = canonical_names(set_names, where)
-    where_model = {c: i for i, c in enumerate(model_canon)}
-    return Alignment(tuple(model_names), tuple(set_names), tuple(where_model.get(c) for c in set_canon))
+    indices, _ = align_labels(model_canon, set_canon)  # the one mapping by canonical name, on the canonical names
+    return Alignment(tuple(model_names), tuple(set_names), tuple(indices))

@@ -1,6 +1,7 @@
 """Accuracy, macro (mean-class) accuracy, per-class F1 and the confusion matrix, over stated classes.
 
-Pure Python and numpy. ``targets[i]`` is the model class a test sample belongs
+scikit-learn computes the confusion matrix and the per-class precision, recall and
+F1 (``zero_division=0``). ``targets[i]`` is the model class a test sample belongs
 to, or None when the model cannot predict its class (the class is missing
 from the build's training data): those samples are counted but left out of
 every metric except ``accuracy_all_test_samples`` (where they count as
@@ -27,19 +28,18 @@ def compute(targets: Sequence[int | None], predictions: Sequence[int], model_nam
     mask = np.array([t is not None for t in targets], dtype=bool)
     t = np.array([-1 if v is None else v for v in targets], dtype=int)[mask]
     p = np.asarray(predictions, dtype=int)[mask]
-    confusion = np.zeros((k, k), dtype=int)
-    np.add.at(confusion, (t, p), 1)
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    confusion = confusion_matrix(t, p, labels=list(range(k))) if len(t) else np.zeros((k, k), dtype=int)
     support = confusion.sum(1)
     evaluated = [c for c in range(k) if support[c] > 0]
     per_class = {}
-    for c in evaluated:
-        tp = int(confusion[c, c])
-        predicted = int(confusion[evaluated, c].sum())  # predictions of c on evaluated samples
-        recall = tp / int(support[c])
-        precision = tp / predicted if predicted else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[names[c]] = {"support": int(support[c]), "correct": tp, "predicted": predicted,
-                               "precision": precision, "recall": recall, "f1": f1}
+    if evaluated:
+        precision, recall, f1, _ = precision_recall_fscore_support(t, p, labels=evaluated, zero_division=0)
+        for j, c in enumerate(evaluated):
+            per_class[names[c]] = {"support": int(support[c]), "correct": int(confusion[c, c]),
+                                   "predicted": int(confusion[evaluated, c].sum()),
+                                   "precision": float(precision[j]), "recall": float(recall[j]), "f1": float(f1[j])}
     n = int(mask.sum())
     correct = int(np.trace(confusion))
     return {

@@ -15,10 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder.errors import UserError
-from builder.sources import IMAGE_SUFFIXES
-
-from .labels import label_order
+from builder.core.errors import UserError
+from builder.expand.images import IMAGE_SUFFIXES
+from evaluation.labels import label_order
 
 
 @dataclass
@@ -50,8 +49,8 @@ def _digest(obj) -> str:
 
 
 def _pil(image):
-    """An upright 8-bit RGB PIL image, read as every stage reads images (``builder.image_io.to_rgb8``)."""
-    from builder.image_io import to_rgb8
+    """An upright 8-bit RGB PIL image, read as every stage reads images (``builder.core.images.to_rgb8``)."""
+    from builder.core.images import to_rgb8
 
     image.load()
     return to_rgb8(image)
@@ -121,8 +120,8 @@ def build_split(build: Build, split: str) -> ImageSet:
     if not path.is_file():
         raise UserError(f"the build in '{out}' has neither hf/ nor records/{split}.jsonl",
                         fix="release it again with `build-dataset release OUT`")
-    from builder.labels import LABEL_MAPS
-    from builder.records import read_jsonl
+    from builder.core.records import read_jsonl
+    from builder.manifest.label_maps import LABEL_MAPS
 
     rows = list(read_jsonl(path))
     names = LABEL_MAPS[build.manifest["labels"]["label_map"]]

@@ -57,7 +57,7 @@ class Pool:
 
 
 def resolve_device(requested: str) -> str:
-    from builder.errors import UserError
+    from builder.core.errors import UserError
 
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

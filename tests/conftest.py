@@ -70,7 +70,7 @@ def write_manifest(tmp_path, demo_data):
 
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
-    from builder.tiny_sd import ensure_tiny_pipeline
+    from builder.models.tiny_sd import ensure_tiny_pipeline
 
     return ensure_tiny_pipeline()
 
@@ -111,4 +111,4 @@ def stage_counts(out: Path) -> dict:
     }
 
 
-from tests.people import people, reference  # noqa: E402,F401  (shared fixtures of real face photos)
+from tests.fixtures.people import people, reference  # noqa: E402,F401  (shared fixtures of real face photos)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from builder.errors import UserError
-from builder.paths import confined
+from builder.core.errors import UserError
+from builder.core.paths import confined
 
 HIST_BINS = np.round(np.linspace(-1.0, 1.0, 41), 4)  # 40 bins of 0.05 over the cosine range
 IMPOSTOR_SAMPLE = 10_000
@@ -135,8 +135,8 @@ def _folder_pairs(root: Path, seed: int, impostors: int) -> list[tuple[Path, Pat
 
 def embed_images(paths, embedder, detector, policy) -> dict[Path, np.ndarray | None]:
     """Each distinct image's embedding (None: unreadable or no face)."""
-    from ..faces import find_face
-    from .images import decode_rgb
+    from curation.faces.detect import find_face
+    from curation.identity.images import decode_rgb
 
     out = {}
     for path in dict.fromkeys(paths):

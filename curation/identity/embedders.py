@@ -22,7 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from builder.errors import ModelLoadError
+from builder.core.errors import ModelLoadError
+from builder.models.files import first_line
+
+IN_LOADER = "in insightface's model loader"  # where an error without a message came from
 
 BACKENDS = ("dlib", "insightface")
 
@@ -72,7 +75,7 @@ def _rgb(image: np.ndarray) -> np.ndarray:
 
 def dlib_model_files() -> dict[str, Path]:
     """The two dlib weight files of the installed face-recognition-models, checked against their pins."""
-    from builder.models import file_sha256
+    from builder.models.diffusion import file_sha256
 
     try:
         dist = metadata.distribution(DLIB_PACKAGE)
@@ -121,12 +124,6 @@ class DlibEmbedder(Embedder):
                 "path": str(self.files["recognition"]), "sha256": DLIB_FILES["recognition"][1], "dim": self.dim,
                 "landmarks_model": {"path": str(self.files["landmarks"]), "sha256": DLIB_FILES["landmarks"][1]},
                 "num_jitters": self.num_jitters, "license": "cc0-1.0"}
-
-
-def onnx_failure(exc: BaseException) -> str:
-    """What an ONNX load or run failed with, in one line (onnxruntime's status text, or the error's type)."""
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else f"{type(exc).__name__} in insightface's model loader"
 
 
 def insightface_root() -> Path:
@@ -190,7 +187,7 @@ class InsightFaceEmbedder(Embedder):
         from insightface.model_zoo import get_model
         from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 
-        from builder.models import file_sha256
+        from builder.models.diffusion import file_sha256
 
         self.path = resolve_insightface_model(model)
         self.model_name = model
@@ -199,7 +196,7 @@ class InsightFaceEmbedder(Embedder):
         try:
             loaded = get_model(str(self.path), providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime's parse errors and insightface's assertions have no common type
-            raise ModelLoadError(f"cannot load {self.path.name} as an ONNX model: {onnx_failure(exc)}",
+            raise ModelLoadError(f"cannot load {self.path.name} as an ONNX model: {first_line(exc, IN_LOADER)}",
                                  file=str(self.path), fix=fix) from None
         if not isinstance(loaded, ArcFaceONNX):
             kind = type(loaded).__name__ if loaded is not None else "no model insightface knows"
@@ -216,7 +213,7 @@ class InsightFaceEmbedder(Embedder):
         try:
             out = np.asarray(self.model.get_feat(np.zeros((height, width, 3), np.uint8)))
         except Exception as exc:  # a graph that parses but fails to run (wrong shapes, unsupported operators)
-            raise ModelLoadError(f"{self.path.name} fails on a blank {width}x{height} face: {onnx_failure(exc)}",
+            raise ModelLoadError(f"{self.path.name} fails on a blank {width}x{height} face: {first_line(exc, IN_LOADER)}",
                                  file=str(self.path), fix=fix) from None
         if out.ndim != 2 or out.shape[0] != 1 or out.shape[1] < 2 or not np.isfinite(out).all():
             raise ModelLoadError(f"{self.path.name} gives {out.dtype} {tuple(out.shape)} for a face, not one finite "
@@ -240,10 +237,15 @@ class InsightFaceEmbedder(Embedder):
 
 
 def load_embedder(backend: str, model: str | None = None) -> Embedder:
-    """The embedder of ``backend`` ('dlib', or 'insightface' with ``model`` a path or pack name)."""
+    """The embedder of ``backend`` ('dlib', or 'insightface' with ``model`` a path or pack name); a clear error
+    naming the ``identity`` extra when its libraries are not installed."""
+    from builder.core.extras import require_extra
+
     if backend == "dlib":
+        require_extra("identity", "dlib", "face_recognition_models")
         return DlibEmbedder()
     if backend == "insightface":
+        require_extra("identity", "insightface", "onnxruntime")
         return InsightFaceEmbedder(model)
     raise ModelLoadError(f"unknown embedding backend '{backend}'", fix=f"use one of: {', '.join(BACKENDS)}")
 
@@ -252,6 +254,6 @@ def expected_sha256(backend: str, model: str | None) -> str:
     """The sha256 an embedder of (backend, model) will report, without loading it (for mismatch checks)."""
     if backend == "dlib":
         return DLIB_FILES["recognition"][1]
-    from builder.models import file_sha256
+    from builder.models.diffusion import file_sha256
 
     return file_sha256(resolve_insightface_model(model))

@@ -22,10 +22,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import Field
 
-from builder.errors import UserError
+from builder.core.errors import UserError
+from builder.models.files import ConfigPart, Positive
 
 INFO, VECTORS, METADATA, SKIPPED, FAISS = "index.json", "vectors.f32", "metadata.jsonl", "skipped.jsonl", "index.faiss"
 FORMAT = 1
@@ -143,7 +146,7 @@ class ReferenceIndex:
     """A committed reference index, ready to search (what the ``identity_leak`` stage loads)."""
 
     def __init__(self, root: str | Path):
-        from .index import IndexParams, read_index
+        from curation.identity.index import IndexParams, read_index
 
         self.folder = ReferenceFolder(root)
         where = str(self.folder.path(INFO))
@@ -172,6 +175,37 @@ class ReferenceIndex:
 
     def search(self, vectors: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, rows) of the ``k`` nearest references of each vector, best first (row -1: none)."""
-        from .index import search
+        from curation.identity.index import search
 
         return search(self.index, vectors, k)
+
+
+class _IndexModel(ConfigPart):
+    sha256: str
+    path: str
+    model: str | None = None
+
+
+class _IndexFaces(ConfigPart):
+    min_score: float
+    min_size: float
+
+
+class _IndexBuilt(ConfigPart):
+    params: dict
+    ntotal: Annotated[int, Field(ge=0)]
+    sha256: str
+
+
+class ReferenceIndexInfo(ConfigPart):
+    """What the stages read from a reference index's ``index.json`` (``curation.identity.folder``)."""
+
+    format: Literal[1]
+    backend: Literal["dlib", "insightface"]
+    model: _IndexModel
+    dim: Positive
+    count: Annotated[int, Field(ge=0)]
+    skipped: Annotated[int, Field(ge=0)]
+    faces: _IndexFaces
+    index: _IndexBuilt | None = None
+    sources: dict = Field(default_factory=dict)

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from builder.errors import UserError
-
-from .folder import FAISS, FORMAT, ReferenceFolder
+from builder.core.errors import UserError
+from curation.identity.folder import FAISS, FORMAT, ReferenceFolder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 PHASH_NOTE = "curation.hashing.phash of the whole decoded image, 16 hex digits (int(text, 16))"
@@ -83,7 +82,7 @@ def list_dataset(spec, field: str, file: str | None, progress: bool = False) -> 
     """The rows of a saved dataset (image bytes read once for their sha256) and the listing's sha256."""
     from datasets import Image
 
-    from builder.saved_datasets import open_split
+    from builder.core.saved_datasets import open_split
 
     columns = {"image_column": spec.image_column, **({"id_column": spec.id_column} if spec.id_column else {})}
     ds = open_split(spec.dataset, spec.split, columns, field, file=file)
@@ -111,7 +110,7 @@ def list_dataset(spec, field: str, file: str | None, progress: bool = False) -> 
 
 def _identity(config) -> dict:
     """What must match between runs on one output_dir (checked before any model loads)."""
-    from .embedders import expected_sha256
+    from curation.identity.embedders import expected_sha256
 
     return {"backend": config.backend, "model_sha256": expected_sha256(config.backend, config.model),
             "faces": {"min_score": config.faces.min_score, "min_size": config.faces.min_size}}
@@ -172,7 +171,7 @@ def index_reference(config, source: str | None = None, progress: bool = True,
 
     run = Counter()
     if pending or info is None:
-        from .embedders import load_embedder
+        from curation.identity.embedders import load_embedder
 
         embedder = load_embedder(config.backend, config.model)
         if info is None:
@@ -197,7 +196,7 @@ def _embed_all(folder: ReferenceFolder, info: dict, pending: list[Item], duplica
     """Embed ``pending`` batch by batch, committing ``info`` after each; duplicates go with the last batch."""
     from tqdm import tqdm
 
-    from .images import load_detector
+    from curation.identity.images import load_detector
 
     detector, policy = load_detector(config.faces.min_score, config.faces.min_size, _device(config.device))
     reasons = Counter(info["skipped_reasons"])
@@ -227,7 +226,7 @@ def _embed_all(folder: ReferenceFolder, info: dict, pending: list[Item], duplica
 
 
 def _device(requested: str) -> str:
-    from builder.models import resolve_device
+    from builder.models.diffusion import resolve_device
 
     return resolve_device(requested)
 
@@ -245,9 +244,9 @@ def _skip(item: Item, reason: str, detail: str) -> dict:
 
 def _embed_one(item: Item, embedder, detector, policy) -> tuple[np.ndarray, dict] | dict:
     """(vector, metadata line) for an image with a face, else its skipped line."""
-    from ..faces import find_face
-    from .images import decode_rgb
-    from ..hashing import phash
+    from curation.faces.detect import find_face
+    from curation.hashing import phash
+    from curation.identity.images import decode_rgb
 
     if item.error:
         return _skip(item, "unreadable_image", item.error)
@@ -273,7 +272,7 @@ def _embed_one(item: Item, embedder, detector, policy) -> tuple[np.ndarray, dict
 
 def _build_faiss(folder: ReferenceFolder, info: dict, spec, log) -> bool:
     """(Re)build index.faiss from the stored vectors unless it is current; True when built."""
-    from .index import build_index, resolve_params, write_index
+    from curation.identity.index import build_index, resolve_params, write_index
 
     params = resolve_params(spec, info["count"]).as_dict()
     current = info.get("index")
@@ -284,12 +283,12 @@ def _build_faiss(folder: ReferenceFolder, info: dict, spec, log) -> bool:
         info["index"] = None
         folder.path(FAISS).unlink(missing_ok=True)
         return False
-    from .index import IndexParams
+    from curation.identity.index import IndexParams
 
     log(f"building the {params['type']} index over {info['count']} vectors")
     index = build_index(folder.vectors(info["count"], info["dim"]), IndexParams(**params))
     write_index(index, folder.path(FAISS))
-    from builder.models import file_sha256
+    from builder.models.diffusion import file_sha256
 
     info["index"] = {"params": params, "ntotal": int(index.ntotal), "file": FAISS,
                      "sha256": file_sha256(folder.path(FAISS))}

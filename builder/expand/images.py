@@ -1,0 +1,174 @@
+"""Sample specs of an ``images`` source: which existing images a build labels, in a fixed order.
+
+A folder is listed in sorted relative-path order; a saved ``datasets`` dataset by row. Every entry of the
+folder the listing leaves out is counted under a reason (``SKIP_REASONS``): hidden files and folders,
+sub-folders when ``recursive`` is false, files of another format, dangling links, links that resolve
+outside the folder (unless ``follow_links_outside``), links that loop, and entries that are not files or
+cannot be read. Linked folders are entered like folders.
+
+The listing's sha256 (paths and byte sizes, or the dataset's fingerprint and row count) is part of the
+build's identity, so a build resumes only over the same images. It also covers the counts of the
+``REPORTED`` skip reasons when there are any (a folder that skips nothing keeps the sha256 it always had);
+hidden entries and unread sub-folders are the documented behaviour, counted but not part of it, so a
+viewer's ``.DS_Store`` appearing mid-build does not make it another build. Sample ``i`` is the ``i``-th
+listed image; its class is unknown (``label`` -1) until the labellers give it one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+from builder.core.errors import ManifestError, OutputDirError
+from builder.core.records import Record
+from builder.manifest import Listing, Manifest
+from builder.manifest.listing import REPORTED
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def listed(manifest: Manifest, file: str | None = None) -> Manifest:
+    """``manifest`` knowing its images source's listing, read from disk now (the manifest itself reads no disk);
+    a generation manifest, or one already listed, as is. A missing or empty source is a ``ManifestError`` naming
+    ``file`` (the manifest)."""
+    if not manifest.needs_listing():
+        return manifest
+    try:
+        return manifest.with_listing(list_images(manifest.images))
+    except ManifestError as exc:
+        exc.file = file or exc.file
+        raise
+
+
+def list_images(spec) -> Listing:
+    """The listing of an ``ImagesSource``, read from disk now."""
+    return _list_folder(spec) if spec.folder is not None else _list_dataset(spec)
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` resolves to ``folder`` or below it (links followed)."""
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())
+
+
+def refuse_out_in_source(manifest, out) -> None:
+    """Refuse a build folder ``out`` inside the images source's folder: its own files would become source
+    images of the next run (a changed listing), and a source folder is not a place to write."""
+    spec = manifest.images
+    if spec is None or spec.folder is None or out is None or not inside(Path(out), Path(spec.folder)):
+        return
+    raise OutputDirError(f"--out is inside images.folder '{spec.folder}': the build would write its images into "
+                         "the folder it lists, and the next run would list them as sources", file=str(out),
+                         fix=f"choose an --out folder that is not inside '{spec.folder}' (or move the images to "
+                         "a folder of their own); nothing was written")
+
+
+def _list_folder(spec) -> Listing:
+    root = Path(spec.folder)
+    if not root.is_dir():
+        raise ManifestError(f"images.folder '{root}' is not a folder", fix="point images.folder at a folder of face "
+                            "images (paths are relative to the directory you run build-dataset from)")
+    found, skipped, examples = _walk(root, spec.recursive, spec.follow_links_outside)
+    paths = sorted(found)
+    if not paths:
+        why = f"; skipped: {_summary(skipped, examples)}" if skipped else ""
+        raise ManifestError(f"images.folder '{root}' holds no image ({', '.join(IMAGE_SUFFIXES)}){why}",
+                            fix=_empty_fix(skipped))
+    counts = tuple(sorted(skipped.items()))
+    digest = hashlib.sha256()
+    for rel in paths:
+        digest.update(f"{rel}\t{found[rel]}\n".encode())
+    for reason, n in counts:
+        if reason in REPORTED:
+            digest.update(f"skipped\t{reason}\t{n}\n".encode())
+    return Listing("folder", str(root), len(paths), digest.hexdigest(), tuple(paths), counts)
+
+
+def _walk(root: Path, recursive: bool, follow_outside: bool) -> tuple[dict[str, int], Counter, dict[str, str]]:
+    """(relative path -> byte size of each image, skip counts per reason, one example path per reason)."""
+    real_root = root.resolve()
+    found: dict[str, int] = {}
+    skipped: Counter = Counter()
+    examples: dict[str, str] = {}
+
+    def skip(reason: str, rel: str) -> None:
+        skipped[reason] += 1
+        examples.setdefault(reason, rel)
+
+    stack = [(root, "", frozenset({real_root}))]  # folder, its relative prefix, the real folders above it
+    while stack:
+        folder, prefix, above = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            skip("unreadable_entry", prefix.rstrip("/") or ".")
+            continue
+        for entry in entries:
+            rel = prefix + entry.name
+            if entry.name.startswith("."):
+                skip("hidden", rel)
+                continue
+            path = Path(entry.path)
+            try:
+                if entry.is_symlink():
+                    if not path.exists():
+                        skip("dangling_link", rel)
+                        continue
+                    if not follow_outside and not inside(path, real_root):
+                        skip("link_outside_folder", rel)
+                        continue
+                if entry.is_dir():
+                    real = path.resolve()
+                    if not recursive:
+                        skip("subfolder", rel)
+                    elif real in above:
+                        skip("link_loop", rel)
+                    else:
+                        stack.append((path, rel + "/", above | {real}))
+                elif not entry.is_file():
+                    skip("not_a_file", rel)
+                elif path.suffix.lower() not in IMAGE_SUFFIXES:
+                    skip("unsupported_format", rel)
+                else:
+                    found[rel] = entry.stat().st_size
+            except (OSError, RuntimeError):  # RuntimeError: a link loop found by resolve()
+                skip("link_loop" if entry.is_symlink() else "unreadable_entry", rel)
+    return found, skipped, examples
+
+
+def _summary(skipped: Counter, examples: dict[str, str]) -> str:
+    return ", ".join(f"{n} {reason} (e.g. {examples[reason]})" for reason, n in sorted(skipped.items()))
+
+
+def _empty_fix(skipped: Counter) -> str:
+    fix = "put the images there"
+    if skipped.get("subfolder"):
+        fix += ", or set images.recursive: true"
+    if skipped.get("link_outside_folder"):
+        fix += ", or set images.follow_links_outside: true to read the files its links point to outside it"
+    if skipped.get("unsupported_format"):
+        fix += f"; convert other formats to one of {', '.join(IMAGE_SUFFIXES)}"
+    return fix
+
+
+def open_dataset(spec):
+    """The dataset split of an ``ImagesSource`` (memory-mapped), checked for the image column."""
+    from builder.core.saved_datasets import open_split
+
+    return open_split(spec.dataset, spec.split, {"image_column": spec.image_column}, "images", error=ManifestError)
+
+
+def _list_dataset(spec) -> Listing:
+    ds = open_dataset(spec)
+    if len(ds) == 0:
+        raise ManifestError(f"images.dataset '{spec.dataset}' has no rows", fix="give a dataset with images")
+    ident = {"fingerprint": ds._fingerprint, "rows": len(ds), "split": spec.split, "column": spec.image_column}
+    return Listing("dataset", str(spec.dataset), len(ds), hashlib.sha256(json.dumps(ident).encode()).hexdigest())
+
+
+def image_specs(manifest, indices: range) -> list[Record]:
+    """Records of the listed images ``indices``: no class, no prompt; ``source`` says which image."""
+    listing = manifest.listing
+    return [Record(sample_id=manifest.sample_id(i), index=i, label=-1, label_name="", au=[], attributes={},
+                   prompt="", negative_prompt="", seed=0, source=listing.entry(i)) for i in indices]

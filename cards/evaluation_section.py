@@ -1,0 +1,140 @@
+"""The data card's "Evaluation" section, read from the results ``build-dataset evaluate`` left in ``OUT/eval/``.
+
+Evaluation (``evaluation``) computes and writes ``<name>.json``, the predictions and the confusion figure; this
+module presents them: ``<name>.md`` (one result's card fragment), and the section between two HTML comments in
+``OUT/README.md`` (``update_card``; ``cards/card.py`` renders the same lines at every release). The card reads
+the JSON reports only: it never imports evaluation. No torch, no numpy.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from builder.core.shards import write_durably
+
+KIND = "fer-synth-evaluation"
+"""The ``kind`` of an evaluation result JSON (``evaluation.report`` writes it)."""
+BEGIN = "<!-- fer-synth:evaluation -->"
+END = "<!-- /fer-synth:evaluation -->"
+
+
+def write_fragment(out: Path, result: dict) -> Path:
+    """``OUT/eval/<name>.md``: the card fragment of one result."""
+    path = Path(out) / "eval" / result["files"]["card_fragment"]
+    write_durably(path, "\n".join(fragment(result)) + "\n")
+    return path
+
+
+def backbone_label(b: dict) -> str:
+    """How the card names a backbone: the Hub id, or a local file or folder by its name (no local paths)."""
+    if b.get("source") == "hub":
+        return b["id"]
+    if b.get("kind") == "ir50":
+        return f"ir50:{Path(b['path']).name}" if b.get("path") else "ir50 (random init)"
+    return f"{Path(str(b['id']).rstrip('/')).name} (local)"
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}%"
+
+
+def _train_text(r: dict) -> str:
+    train = f"{r['train']['samples']} synthetic images"
+    real = r.get("train_real")
+    if real and r["mix"]["ratio"] >= 1:
+        return f"real `{Path(real['source']).name}` only ({real['samples']} images; mix 1, the baseline)"
+    if real:
+        mix = r["mix"]
+        train += (f" + real `{Path(real['source']).name}` ({real['samples']} images) at mix {mix['ratio']:g} "
+                  f"({mix['synthetic_per_epoch']} synthetic + {mix['real_per_epoch']} real per epoch)")
+    return train
+
+
+def fragment(r: dict) -> list[str]:
+    """The card fragment (markdown lines) of one result."""
+    m, cfg, b = r["metrics"], r["config"], r["backbone"]
+    lines = [f"### {r['name']}", ""]
+    if r.get("guard_overridden"):
+        lines += ["> **guard_overridden**: the evaluator is a model that guided or labelled this dataset "
+                  f"({'; '.join(c['where'] for c in r['guard']['conflicts'])}); run with `--force`, so these "
+                  "numbers do not measure the dataset independently.", ""]
+    digest = f", weights sha256 `{b['weights_sha256'][:12]}…`" if b.get("weights_sha256") else ""
+    lines += [f"`{backbone_label(b)}` ({cfg['mode']}, {cfg['epochs']} epochs, seed {cfg['seed']}, {b['input_size']} px"
+              f"{digest}, "
+              f"faces {'aligned' if r['faces']['align'] else 'not aligned'}), trained on {_train_text(r)}, tested on "
+              f"`{Path(r['test']['source']).name}` ({r['test']['samples']} images).", "",
+              "| metric | value |", "|---|---|",
+              f"| accuracy | {_pct(m['accuracy'])} |", f"| macro (mean-class) accuracy | {_pct(m['macro_accuracy'])} |",
+              f"| macro F1 | {_pct(m['macro_f1'])} |",
+              f"| accuracy over all test samples | {_pct(m['accuracy_all_test_samples'])} |", "",
+              f"Computed over the {len(m['evaluated_classes'])} classes both sides share "
+              f"({', '.join(m['evaluated_classes'])}): {m['samples_evaluated']} of {m['samples_total']} test samples."]
+    cov = r["coverage"]
+    if m["samples_unpredictable"]:
+        lines.append(f"{m['samples_unpredictable']} test samples belong to classes the model cannot predict "
+                     f"({', '.join(f'{k}: {v}' for k, v in cov['unpredictable_test_samples'].items())}); "
+                     "they are left out above and count as errors in the last row.")
+    if cov["model_classes_not_in_test"]:
+        lines.append(f"Model classes the test set lacks: {', '.join(cov['model_classes_not_in_test'])}.")
+    if cov["build_classes_without_training_samples"]:
+        lines.append("Classes of the label map with no training sample (not predicted): "
+                     f"{', '.join(cov['build_classes_without_training_samples'])}.")
+    lines += ["", "| class | support | precision | recall | F1 |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | {c['support']} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} |"
+              for name, c in m["per_class"].items()]
+    lines += ["", f"![Confusion matrix of {r['name']}](eval/{r['files']['confusion']})"]
+    return lines
+
+
+def results(out: Path) -> list[dict]:
+    """Every evaluation result in ``OUT/eval``, by name."""
+    folder = Path(out) / "eval"
+    found = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("kind") == KIND:
+            found.append(data)
+    return found
+
+
+def evaluation_section(out) -> list[str]:
+    """Markdown lines for the data card: a table of every result in ``OUT/eval/*.json``, then each fragment.
+
+    Starts with an HTML comment marker and "## Evaluation"; [] when the build has no evaluation.
+    """
+    found = results(Path(out))
+    if not found:
+        return []
+    lines = [BEGIN, "## Evaluation", "",
+             "Classifiers trained on this dataset (`build-dataset evaluate`) and tested on real labelled images; "
+             "metrics over the classes both sides share. Results, predictions and figures are in `eval/`.", "",
+             "| result | backbone | mode | trained on | test set | accuracy | macro accuracy | macro F1 | guard |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in found:
+        m = r["metrics"]
+        guard = "**overridden**" if r.get("guard_overridden") else "passed"
+        lines.append(f"| {r['name']} | `{backbone_label(r['backbone'])}` | {r['config']['mode']} | {_train_text(r)} | "
+                     f"`{Path(r['test']['source']).name}` | {_pct(m['accuracy'])} | {_pct(m['macro_accuracy'])} | "
+                     f"{_pct(m['macro_f1'])} | {guard} |")
+    for r in found:
+        lines += ["", *fragment(r)]
+    return [*lines, END]
+
+
+def update_card(out: Path) -> bool:
+    """Put ``evaluation_section`` into ``OUT/README.md`` (replacing the previous one); False without a card."""
+    card = Path(out) / "README.md"
+    if not card.is_file():
+        return False
+    text = card.read_text(encoding="utf-8")
+    section = "\n".join(evaluation_section(out))
+    if BEGIN in text and END in text:  # in place, wherever the card put it
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1]
+    elif section:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    write_durably(card, text)
+    return True
