@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from cards.push import PushResult
 
 __all__ = ["BuildResult", "Evaluation", "LabelledSet", "build", "evaluate", "fetch_model", "index_reference",
-           "load", "models", "plan", "push", "release", "review", "train_au_adapter", "train_feranno", "validate"]
+           "load", "models", "plan", "push", "release", "review", "status", "train_au_adapter", "train_feranno",
+           "validate"]
 
 Log = Callable[[str], None]
 
@@ -188,6 +189,14 @@ def index_reference(config: str | Path, progress: bool = True, log: Log = info) 
     from curation.identity.reference import index_reference as index
 
     return index(load_manifest(config, model=ReferenceConfig), source=str(config), progress=progress, log=log)
+
+
+def status(out: str | Path) -> dict:
+    """Where the build folder ``out`` stands (manifest, shards done, stage counts so far, last error, release);
+    see ``builder.status``."""
+    from builder.status import status as folder_status
+
+    return folder_status(Path(out))
 
 
 def models() -> list[dict[str, str]]:

@@ -102,6 +102,8 @@ def build_command(manifest: Path, out: Path | None, dry_run: bool, as_json: bool
     """Build (or resume) the dataset MANIFEST describes."""
     from builder import api
 
+    if out is not None and not dry_run:
+        _remember_out(out)
     loaded = api.validate(manifest, trust_remote_code)
     out = out or Path("out") / loaded.name
     if dry_run:
@@ -114,6 +116,7 @@ def build_command(manifest: Path, out: Path | None, dry_run: bool, as_json: bool
         return 0
     if as_json:
         raise UserError("--json only applies to --dry-run", fix="add --dry-run, or drop --json")
+    _remember_out(out)
     _quiet_libraries(progress=not no_progress)
     result = api.build(loaded, out, executor=executor, address=address, ray_actors=ray_actors, threads=threads,
                        trust_remote_code=trust_remote_code, allow_empty=allow_empty, progress=not no_progress)
@@ -284,6 +287,7 @@ def release(out: Path, decisions: Path | None, no_review: bool, name: str | None
 
     if decisions is not None and no_review:
         raise click.UsageError("--decisions and --no-review exclude each other")
+    _remember_out(out)
     _quiet_libraries(progress=False)
     stats = api.release(out, decisions=decisions, no_review=no_review, fiftyone_name=name,
                         from_fiftyone=decisions is None and not no_review, allow_empty=allow_empty)
@@ -388,6 +392,40 @@ def evaluate(out: Path, test, test_split, test_image_column, test_label_column, 
     return 0
 
 
+@cli.command()
+@click.argument("out", type=PATH)
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+@logging_options
+def status(out: Path, as_json: bool) -> int:
+    """Where a build folder stands: its manifest, shards done, what the stages kept and dropped so far, the last
+    error, and whether a release exists and is current."""
+    import json
+
+    from builder import api
+    from builder.status import format_status
+
+    summary = api.status(out)
+    click.echo(json.dumps(summary, indent=1) if as_json else format_status(summary))
+    return 0
+
+
+def _remember_out(out: Path) -> None:
+    """The build folder this command writes, for the resume line of a failure message."""
+    click.get_current_context().find_root().meta["out"] = Path(out)
+
+
+def _failed(ctx: click.Context | None, argv: list[str], message: str) -> None:
+    """After an error message: where the partial results are and how to go on (one line), and the message kept
+    for ``build-dataset status``."""
+    out = ctx.meta.get("out") if ctx is not None else None
+    if out is None:
+        return
+    from builder.status import record_failure, resume_hint
+
+    print(f"  {resume_hint(out)}", file=sys.stderr)
+    record_failure(out, ["build-dataset", *argv], message)
+
+
 SUBCOMMANDS = tuple(name for name in cli.commands if name != "build")
 
 
@@ -395,30 +433,35 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``build-dataset`` with ``argv`` (default: the process's arguments); return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     configure()
+    ctx = None
     try:
-        with cli.make_context("build-dataset", list(argv)) as ctx:
+        ctx = cli.make_context("build-dataset", list(argv))
+        with ctx:
             ctx.meta["argv"] = argv[1:] if argv and argv[0] == "evaluate" else argv
             result = cli.invoke(ctx)
+        if ctx.meta.get("out") is not None:
+            from builder.status import clear_failure
+
+            clear_failure(ctx.meta["out"])
         return result if isinstance(result, int) else 0
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    except click.Abort:
+    except (click.Abort, KeyboardInterrupt):
         print("\ninterrupted: finished shards are kept; run the same command again to resume", file=sys.stderr)
         return 130
     except UserError as exc:
         print(f"error: {exc.render()}", file=sys.stderr)
+        _failed(ctx, argv, exc.render())
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished shards are kept; run the same command again to resume", file=sys.stderr)
-        return 130
     except Exception as exc:  # a full disk or read-only folder anywhere, maybe wrapped by a library
         if not is_storage_fault(exc):
             raise
         error = storage_error(exc, storage_fault(exc).filename or ".")
         print(f"error: {error.render()}", file=sys.stderr)
+        _failed(ctx, argv, error.render())
         return error.exit_code
 
 

@@ -310,6 +310,23 @@ def _files_lines(files: dict[str, list[str]]) -> list[str]:
     return lines
 
 
+def _coverage_lines(coverage: dict) -> list[str]:
+    """A warning for each split that lacks a released class or holds very few of its images."""
+    if not coverage:
+        return []
+    from cards.splits import FEW_PER_CLASS
+
+    lines = ["", "> **Uneven splits.** Per-class results on these splits are unreliable:"]
+    for split, gaps in coverage.items():
+        said = []
+        if gaps["missing"]:
+            said.append(f"no image of {', '.join(gaps['missing'])}")
+        if gaps["few"]:
+            said.append(f"fewer than {FEW_PER_CLASS} images of " + ", ".join(f"{c} ({n})" for c, n in gaps["few"].items()))
+        lines.append(f"> - `{split}`: {'; '.join(said)}")
+    return lines
+
+
 def _review_line(r: dict) -> str:
     where = (f"in FiftyOne (dataset `{r['dataset']}`)" if r.get("source", "fiftyone") == "fiftyone" and r["dataset"]
              else "(a decisions file)")
@@ -368,6 +385,7 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict | None, root=N
         [[n, i, *(released["class_by_split"][s].get(n, 0) for s in split_names), released["classes"].get(n, 0)]
          for i, n in enumerate(names)],
     )]
+    parts += _coverage_lines(released.get("split_coverage") or {})
     parts += _figure(stats, "samples", "Samples per class (lowest sample index first; the count in brackets)")
     parts += _figure(stats, "classes", "Released images per class and split")
     for axis, table in released.get("by_attribute", {}).items():

@@ -23,7 +23,7 @@ from cards.card import render_card
 from cards.dataset import build_dataset_dict
 from cards.export import REJECTED, rejected_dataset, write_parquet, write_records
 from cards.figures import render_figures
-from cards.splits import assign_splits
+from cards.splits import FEW_PER_CLASS, assign_splits, split_coverage
 
 STAGING, RETIRED = ".release-tmp", ".release-old"
 OUTPUTS = ("hf", "data", "records", "figures", "rejected", "README.md", "stats.json")
@@ -166,6 +166,13 @@ def write_release(manifest: Manifest, root: Path, staging: Path, stages: list[st
     empty = [name for name, recs in splits.items() if not recs]
     if empty:
         log(f"warning: split(s) {', '.join(empty)} received no sample and are left out of hf/")
+    coverage = split_coverage(splits, names)
+    for split, gaps in coverage.items():
+        if split not in empty:
+            log(f"warning: split '{split}' " + "; ".join(filter(None, (
+                f"has no image of {', '.join(gaps['missing'])}" if gaps["missing"] else "",
+                "has fewer than {} images of {}".format(FEW_PER_CLASS, ", ".join(
+                    f"{c} ({n})" for c, n in gaps["few"].items())) if gaps["few"] else ""))))
     log(f"writing the dataset ({len(kept)} images)")
     write_records(splits, staging / "records")
     metas = {stage: store.stats(stage, 0)["meta"] for stage in stages if shards}
@@ -192,6 +199,7 @@ def write_release(manifest: Manifest, root: Path, staging: Path, stages: list[st
             "total": len(kept),
             "classes": {n: c for n, c in zip(names, _count_labels(kept, len(names)))},
             "splits": {name: len(recs) for name, recs in splits.items()},
+            "split_coverage": coverage,
             "class_by_split": {
                 name: {n: c for n, c in zip(names, _count_labels(recs, len(names))) if c}
                 for name, recs in splits.items()

@@ -77,3 +77,23 @@ def _stratified_order(members: list[Record], seed: int, by: tuple[str, ...]) -> 
         ranked = sorted(cells[cell], key=key)
         placed += [((rank + 0.5) / len(ranked), key(r), r) for rank, r in enumerate(ranked)]
     return [r for *_, r in sorted(placed, key=lambda p: (p[0], p[1]))]
+
+
+FEW_PER_CLASS = 5
+"""A split with fewer images of a released class than this is flagged: per-class metrics on it are noise."""
+
+
+def split_coverage(splits: dict[str, list[Record]], names) -> dict[str, dict]:
+    """Per split, the released classes it lacks and those it holds fewer than ``FEW_PER_CLASS`` images of
+    (classes with no released image at all are not counted against any split)."""
+    released = {r.label for recs in splits.values() for r in recs}
+    out = {}
+    for split, records in splits.items():
+        counts = {c: 0 for c in released}
+        for r in records:
+            counts[r.label] += 1
+        missing = [names[c] for c in sorted(released) if counts[c] == 0]
+        few = {names[c]: counts[c] for c in sorted(released) if 0 < counts[c] < FEW_PER_CLASS}
+        if missing or few:
+            out[split] = {"missing": missing, "few": few}
+    return out
