@@ -369,6 +369,8 @@ def _set_options(flag: str, role: str, split: str):
 @click.option("--name", help="result name: OUT/eval/NAME.json (default: backbone-mode-testset[-mixR])")
 @click.option("--force", is_flag=True, help="evaluate even with the model that guided or labelled the build "
               "(result marked guard_overridden)")
+@click.option("--allow-overlap", is_flag=True, help="evaluate even when test images are exact or near (perceptual "
+              "hash within 4 bits) duplicates of training images; refused by default, reported either way")
 @logging_options
 def evaluate(out: Path, test, test_split, test_image_column, test_label_column, test_label_map, test_label_base,
              train_real, train_real_split, train_real_image_column, train_real_label_column, train_real_label_map,

@@ -50,10 +50,25 @@ def _train_text(r: dict) -> str:
     return train
 
 
+def _overlap_text(r: dict) -> str | None:
+    """One sentence on the test set's overlap with the training data (None for results from before the check)."""
+    o = r.get("overlap")
+    if not o:
+        return None
+    counts = f"{o['exact']} exact, {o['near']} near duplicates (pHash distance <= {o['threshold']})"
+    if not (o["exact"] or o["near"]):
+        return f"Overlap with the training data: {counts}."
+    return (f"> **Overlap with the training data**: {counts} among the {o['test_images']} test images; run with "
+            "`--allow-overlap`, so these numbers overstate how the model does on images it has not seen.")
+
+
 def fragment(r: dict) -> list[str]:
     """The card fragment (markdown lines) of one result."""
     m, cfg, b = r["metrics"], r["config"], r["backbone"]
     lines = [f"### {r['name']}", ""]
+    overlap = _overlap_text(r)
+    if overlap and overlap.startswith(">"):
+        lines += [overlap, ""]
     if r.get("guard_overridden"):
         lines += ["> **guard_overridden**: the evaluator is a model that guided or labelled this dataset "
                   f"({'; '.join(c['where'] for c in r['guard']['conflicts'])}); run with `--force`, so these "
@@ -69,6 +84,8 @@ def fragment(r: dict) -> list[str]:
               f"| accuracy over all test samples | {_pct(m['accuracy_all_test_samples'])} |", "",
               f"Computed over the {len(m['evaluated_classes'])} classes both sides share "
               f"({', '.join(m['evaluated_classes'])}): {m['samples_evaluated']} of {m['samples_total']} test samples."]
+    if overlap and not overlap.startswith(">"):
+        lines.append(overlap)
     cov = r["coverage"]
     if m["samples_unpredictable"]:
         lines.append(f"{m['samples_unpredictable']} test samples belong to classes the model cannot predict "

@@ -9,6 +9,8 @@ card section into ``OUT/eval/``. Modules, in the order the command uses them:
 - ``sources``: the build's training split, real labelled sets (a saved
   ``datasets`` dataset or an image folder);
 - ``labels``: label maps aligned by canonical emotion name, coverage of both sides;
+- ``overlap``: exact and near duplicates between the training data and the test set,
+  refused before training unless allowed;
 - ``faces``: face crops aligned like the curation stages (MTCNN, 5 landmarks), cached;
 - ``guard``: refuses an evaluator that guided or labelled the build;
 - ``backbones`` (+ ``ir50``): transformers backbones by Hub id or folder, IR-50 in torch;

@@ -15,21 +15,10 @@ from dataclasses import dataclass
 from builder.core.errors import UserError
 from builder.manifest.label_maps import (
     CANONICAL,
-    EXPRESSION_TEXT,
     LABEL_MAPS,
     align_labels,
+    canonical_name,
 )
-
-ALIASES: dict[str, str] = {
-    **CANONICAL,
-    # the prompt adjectives (folders are often named like this), inverted
-    **{text: name for name, text in EXPRESSION_TEXT.items()},
-}
-
-
-def canonical_name(name: str) -> str | None:
-    """The canonical emotion for a class name in any built-in spelling (case and spaces ignored), or None."""
-    return ALIASES.get(str(name).strip().lower())
 
 
 def canonical_names(names: Sequence[str], where: str) -> list[str]:

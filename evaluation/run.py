@@ -2,7 +2,8 @@
 
 ``evaluate(Evaluation(...))`` is the Python API (``builder.api.evaluate`` and the CLI call it); bad input
 raises ``builder.core.errors.UserError``. The run: open the released build and the real sets, align their label
-maps by emotion name, load the backbone, check the guard, crop the faces, train (seeded), predict the test set,
+maps by emotion name, check that the test set does not overlap the training data (``evaluation.overlap``), load the
+backbone, check the guard, crop the faces, train (seeded), predict the test set,
 and write ``OUT/eval/<name>.json``, the predictions and the confusion figure (the card's section is written by
 ``cards.evaluation_section``).
 """
@@ -45,8 +46,9 @@ class Evaluation:
     'finetune' or 'linear'; ``head_lr``: default 1e-3 fine-tuning, 1e-2 linear; ``image_size``: default the
     backbone's own; ``align``: detect and align faces (False for pre-aligned sets: centre crops); ``force``:
     evaluate even with the model that guided or labelled the build (the result is marked guard_overridden);
-    ``name``: the result's file name (default backbone-mode-testset[-mixR]); ``command``: how it was started,
-    recorded in the result."""
+    ``allow_overlap``: evaluate even when test images are exact or near duplicates of training images (refused
+    by default; the result and the card report the overlap either way); ``name``: the result's file name
+    (default backbone-mode-testset[-mixR]); ``command``: how it was started, recorded in the result."""
 
     out: Path
     test: LabelledSet
@@ -68,6 +70,7 @@ class Evaluation:
     device: str = "auto"
     name: str | None = None
     force: bool = False
+    allow_overlap: bool = False
     command: tuple[str, ...] = field(default=())
 
     def check(self) -> None:
@@ -124,6 +127,9 @@ def evaluate(args: Evaluation) -> dict:
                                 args.train_real.image_column, args.train_real.label_column,
                                 args.train_real.label_map, args.train_real.label_base))
     seconds["open"] = time.perf_counter() - started
+    tick = time.perf_counter()
+    overlap_report, hasher = _overlap(args, build, train, test, real)
+    seconds["overlap"] = time.perf_counter() - tick
 
     import torch
 
@@ -140,8 +146,10 @@ def evaluate(args: Evaluation) -> dict:
         _log(f"warning: --force: the evaluator is a model that {guard_record['conflicts'][0]['role']}; the result "
              "is marked guard_overridden")
     seconds["backbone"] = time.perf_counter() - tick
+    hasher.save()  # every check passed: the hashes join the crop cache
 
     result = _run(args, build, name, train, test, real, backbone, device, guard_record, seconds)
+    result["overlap"] = overlap_report
     seconds["total"] = time.perf_counter() - started
     result["seconds"] = {k: round(v, 3) for k, v in seconds.items()}
     _write(build.out, name, result)
@@ -150,6 +158,28 @@ def evaluate(args: Evaluation) -> dict:
           f"{m['macro_f1']:.4f} over {len(m['evaluated_classes'])} classes ({m['samples_evaluated']} of "
           f"{m['samples_total']} test samples) -> {build.out / 'eval' / (name + '.json')}")
     return result
+
+
+def _overlap(args, build, train, test, real):
+    """The test set's overlap with what the model trains on (the build's split unless --mix 1, the real set
+    when mixed in), refused unless --allow-overlap; (report, the Hasher holding hashes to cache)."""
+    from evaluation import overlap
+
+    ratio = args.mix if real is not None else 0.0
+    hasher = overlap.Hasher(build.out / "eval" / "cache", _log)
+    labels = {"train": f"the build's '{args.train_split}' split",
+              "train_real": f"--train-real '{args.train_real.path}'" if real is not None else "--train-real"}
+    sources = []
+    if ratio < 1:
+        sources.append(overlap.Source("train", train.ids, hasher.hashes(train)))
+    if real is not None and ratio > 0:
+        sources.append(overlap.Source("train_real", real.ids, hasher.hashes(real)))
+    report = overlap.find(sources, test.ids, hasher.hashes(test))
+    overlap.check(report, args.allow_overlap, "--test", args.test.path, labels)
+    report["allowed"] = args.allow_overlap
+    if report["exact"] or report["near"]:
+        _log(f"warning: --allow-overlap: the test set overlaps the training data: {overlap.describe(report, labels)}")
+    return report, hasher
 
 
 def _run(args, build, name, train, test, real, backbone, device, guard_record, seconds) -> dict:

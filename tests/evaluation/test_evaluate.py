@@ -178,13 +178,17 @@ def real_sets(portraits, tmp_path_factory) -> dict:
 
 
 FAST = ["--image-size", "32", "--epochs", "6", "--batch-size", "16", "--lr", "3e-3", "--head-lr", "1e-2"]
+SAME_PHOTOS = ["--allow-overlap"]
+"""The test sets here are other tinted crops of the build's own seven photos (the only real faces offline): a few
+are within 4 bits of a training image's perceptual hash, so the overlap check refuses them without this
+(``tests/evaluation/test_overlap.py`` tests the check)."""
 
 
 @pytest.fixture(scope="module")
 def evaluated(built, real_sets, backbones) -> dict:
     """Fine-tune the tiny ResNet on the build, test on the RAF-DB-ordered dataset."""
     args = [str(built), "--test", str(real_sets["rafdb"]), "--backbone", str(backbones["resnet"]),
-            "--name", "resnet-rafdb", *FAST]
+            "--name", "resnet-rafdb", *FAST, *SAME_PHOTOS]
     assert main(args) == 0
     return json.loads((built / "eval" / "resnet-rafdb.json").read_text()), args
 
@@ -312,13 +316,16 @@ def test_card_section_lists_the_result(evaluated, built):
     assert "\n".join(lines) in card and card.count("## Evaluation") == 1
     assert f"{100 * result['metrics']['accuracy']:.2f}%" in card
     assert "fear: 7" in card
+    overlap = result["overlap"]  # re-crops of the build's own photos: a few are near duplicates
+    assert (overlap["exact"], overlap["near"], overlap["allowed"]) == (0, 5, True)
+    assert "**Overlap with the training data**: 0 exact, 5 near duplicates (pHash distance <= 4)" in card
     assert (built / "eval" / "resnet-rafdb.md").read_text().startswith("### resnet-rafdb")
 
 
 def test_linear_probe_on_an_image_folder_mixed_with_real_data(built, real_sets, backbones):
     args = [str(built), "--test", str(real_sets["fer"]), "--backbone", str(backbones["vit"]), "--mode", "linear",
             "--train-real", str(real_sets["real_train"]), "--mix", "0.25", "--no-align", "--epochs", "30",
-            "--batch-size", "16", "--head-lr", "3e-2", "--name", "vit-linear-mix"]
+            "--batch-size", "16", "--head-lr", "3e-2", "--name", "vit-linear-mix", *SAME_PHOTOS]
     assert main(args) == 0
     result = json.loads((built / "eval" / "vit-linear-mix.json").read_text())
     assert result["mix"] == {**result["mix"], "ratio": 0.25, "synthetic_per_epoch": 42, "real_per_epoch": 14}
@@ -506,7 +513,7 @@ def test_bad_input_is_a_user_error(built, real_sets, backbones, tmp_path):
         ([*base, "--train-real", str(real_sets["real_train"]), "--mix", "1.5"], "not between 0 and 1"),
         ([str(tmp_path), "--test", str(real_sets["rafdb"])], "holds no build"),
         ([str(built), "--test", str(tmp_path / "missing")], "neither a dataset saved"),
-        ([*base[:3], "--backbone", "microsoft/resnet-18"], "not in the local Hugging Face cache"),
+        ([*base[:3], "--backbone", "microsoft/resnet-18", *SAME_PHOTOS], "not in the local Hugging Face cache"),
     ]
     numbered = tmp_path / "numbered"
     (numbered / "4").mkdir(parents=True)
@@ -515,7 +522,7 @@ def test_bad_input_is_a_user_error(built, real_sets, backbones, tmp_path):
                   "names its classes by number"))
     only_fear = tmp_path / "only-fear"
     shutil.copytree(real_sets["fer"] / "fear", only_fear / "fear")
-    cases.append(([str(built), "--test", str(only_fear), "--backbone", str(backbones["resnet"]), *FAST],
+    cases.append(([str(built), "--test", str(only_fear), "--backbone", str(backbones["resnet"]), *FAST, *SAME_PHOTOS],
                   "no test sample belongs to a class the model predicts"))
     for argv, message in cases:
         with pytest.raises(UserError, match=message):
