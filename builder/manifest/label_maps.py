@@ -45,6 +45,24 @@ EXPRESSION_TEXT: dict[str, str] = {
 }
 
 
+ALIASES: dict[str, str] = {**CANONICAL, **{text: name for name, text in EXPRESSION_TEXT.items()}}
+"""Every spelling of an emotion the tool reads in files and folder names: the label maps' names and the prompt
+adjectives ('surprised', 'fearful', ...)."""
+
+
+def canonical_name(name: str) -> str | None:
+    """The canonical emotion for a class name in any built-in spelling (case and spaces ignored), or None."""
+    return ALIASES.get(str(name).strip().lower())
+
+
+def class_index(name: str, names) -> int | None:
+    """The index in ``names`` (a label map) of the class ``name`` spells in any built-in spelling, or None."""
+    canon = canonical_name(name)
+    if canon is None:
+        return None
+    return next((i for i, n in enumerate(names) if canonical_name(n) == canon), None)
+
+
 def label_names(label_map: str) -> tuple[str, ...]:
     """Class names of a named label map, in index order."""
     return LABEL_MAPS[label_map]
