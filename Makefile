@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo faces label-photos test install schema clean
+.PHONY: demo faces label-photos training-pairs test install schema clean
 
 demo: $(STAMP)
 	$(BIN)/build-dataset manifests/demo.yaml --out out/demo
@@ -16,6 +16,10 @@ faces: $(STAMP)
 
 label-photos: faces
 	$(BIN)/build-dataset manifests/label-photos.yaml --out out/label-photos
+
+# Generator training pairs (aligned faces, captions) from the same photos.
+training-pairs: faces
+	$(BIN)/build-dataset manifests/training-pairs.yaml --out out/training-pairs
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -86,6 +86,26 @@ def shard_stages(manifest: Manifest, options: RunOptions | None = None) -> list[
         stages.append(LabelStage(manifest.labelling, manifest.labels.names, manifest.labelling.device,
                                  guide_is_only_labeller=guide_is_only_labeller(manifest),
                                  trust_remote_code=options.trust_remote_code))
+    if manifest.annotate is not None:
+        stages += annotate_stages(manifest, device, options)
+    return stages
+
+
+def annotate_stages(manifest: Manifest, device: str, options: RunOptions) -> list[Stage]:
+    """The training-pair stages: align, upscale, AU intensities (with a detector), caption, caption checks."""
+    from builder.annotate.align import AlignStage
+    from builder.annotate.caption import CaptionStage
+    from builder.annotate.caption_check import CaptionCheck
+    from builder.annotate.upscale import UpscaleStage
+
+    spec = manifest.annotate
+    stages: list[Stage] = [AlignStage(spec, device), UpscaleStage(spec, device)]
+    if spec.aus.model != "none":
+        from builder.annotate.aus import AUStage
+
+        stages.append(AUStage(spec.aus, device, trust_remote_code=options.trust_remote_code))
+    stages.append(CaptionStage(spec, manifest.labels.names, manifest.seed, device))
+    stages.append(CaptionCheck(spec.checks, manifest.labels.names))
     return stages
 
 

@@ -139,6 +139,32 @@ def _references(m, trust: bool) -> Iterator[tuple[str, Iterator[Problem]]]:
         yield "curation.embedder.model", _insightface("curation.embedder.model", c.embedder.model)
     for field, modules in _identity_uses(m):
         yield field, _extra(field, "identity", modules)
+    if m.annotate is not None:
+        yield from _annotate_references(m.annotate, trust)
+
+
+def _annotate_references(a, trust: bool) -> Iterator[tuple[str, Iterator[Problem]]]:
+    """The training-pair models: upscaler, AU detector, caption model, and the text encoder whose tokenizer
+    counts caption tokens; each checked by its loader's own cheap check."""
+    if a.upscale.model != "none":
+        from builder.models.upscalers import reference_problems
+
+        yield "annotate.upscale.model", _problems("annotate.upscale.model", reference_problems(a.upscale.model))
+    if a.aus.model != "none":
+        from builder.models.au_detector import reference_problems
+
+        yield "annotate.aus.model", _problems("annotate.aus.model", reference_problems(a.aus.model, trust))
+    if a.captions.model != "template":
+        from builder.models.captioners import reference_problems
+
+        yield "annotate.captions.model", _problems("annotate.captions.model", reference_problems(a.captions.model))
+    yield "annotate.checks.text_encoder", _pipeline("annotate.checks.text_encoder", a.checks.text_encoder, None)
+
+
+def _problems(field: str, found: list[tuple[str, str]]) -> Iterator[Problem]:
+    """A loader's (message, fix) pairs as problems of ``field``."""
+    for message, fix in found:
+        yield Problem(field, message, fix)
 
 
 def _identity_uses(m) -> Iterator[tuple[str, tuple[str, ...]]]:

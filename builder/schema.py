@@ -12,6 +12,7 @@ from pathlib import Path
 
 from builder.core.errors import UserError
 from builder.manifest import Manifest
+from builder.models.au_detector import AUDetectorConfig
 from builder.models.fer.classifier_config import ClassifierConfig
 from builder.synthesis.training.config import TrainConfig
 from curation.identity.config import ReferenceConfig
@@ -28,6 +29,7 @@ CONFIGS = {
     "classifier": (ClassifierConfig, "fer-synth guide/expert classifier config", "classifiers/schema.json"),
     "train-feranno": (FERAnnoTrainConfig, "fer-synth train-feranno config", "train/feranno-schema.json"),
     "index-reference": (ReferenceConfig, "fer-synth index-reference config", "reference/schema.json"),
+    "au-detector": (AUDetectorConfig, "fer-synth AU detector config", "au-detectors/schema.json"),
 }
 # file -> (model, title), for the checkout this module sits in
 SCHEMAS = {MANIFESTS / file: (model, title) for model, title, file in CONFIGS.values()}

@@ -60,10 +60,13 @@ def resume_hint(out: Path) -> str:
 def _shards_done(out: Path) -> tuple[int, int]:
     """(shards every stage finished, shards in all) of the build in ``out``."""
     from builder.manifest.recorded import recorded_manifest
+    from builder.pipeline import stage_names
 
     manifest, _, _ = recorded_manifest(out)
-    total = 0 if manifest.needs_listing() else manifest.num_shards()
-    stages = _stage_folders(out)
+    if manifest.needs_listing():  # recorded by an older version, without its listing
+        return 0, 0
+    total = manifest.num_shards()
+    stages = stage_names(manifest)  # every stage the build runs, not only those that committed a shard
     store = ShardStore(out)
     done = sum(all(store.is_done(stage, s) for stage in stages) for s in range(total)) if stages else 0
     return done, total

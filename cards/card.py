@@ -4,6 +4,8 @@ Every number in it comes from the build's ``stats.json``; nothing is typed in.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from builder.manifest import BUILTIN_TINY_MODEL, Manifest
 
 SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
@@ -39,7 +41,15 @@ def _guidance(g: dict | None) -> str:
             "to label or evaluate this data: it would agree with itself")
 
 
-def _labels_section(lab: dict | None, collected: bool = False, detector: str = "MTCNN") -> list[str]:
+def _labels_section(lab: dict | None, collected: bool = False, detector: str = "MTCNN",
+                    source_labels=None) -> list[str]:
+    if not lab and collected:
+        where = ("the name of the folder each image is in" if source_labels == "folder-names" else
+                 f"the labels file `{Path(source_labels['csv']).name}`" if isinstance(source_labels, dict)
+                 and source_labels.get("csv") else f"the dataset column `{(source_labels or {}).get('column')}`")
+        return [f"Each `label` is the source's own label ({where}), mapped onto the label map by emotion name; "
+                "images whose label no label map knows were dropped (`unknown_source_label`). No classifier "
+                "confirmed the labels: this build ran no label calibration."]
     if not lab:
         return ["Each `label` is the expression the image was *prompted* for. No classifier has confirmed it: this "
                 "build ran no label calibration, so expect some images not to show their label."]
@@ -114,6 +124,48 @@ def _source_section(stats: dict) -> list[str]:
          else "every image that passed the labelling thresholds"],
         ["tool", f"fer-synth {stats['tool_version']}"],
     ])]
+
+
+def _pairs_section(pairs: dict, stats: dict) -> list[str]:
+    """How the training pairs were made: the crop, the upscaler, the AU detector, the captions and their checks."""
+    steps = pairs["stages"]
+    crop = pairs["crop"]
+    up = steps.get("upscale", {})
+    lines = ["## Training pairs", "",
+             "> **These are real people's faces.** Each image is a crop of a photograph of a person; use it only as "
+             "its licence and the consent of the people shown allow, and never to identify anyone.", "",
+             f"Each face was aligned by its five landmarks and cropped at {crop['size']} px with a margin of "
+             f"{crop['margin']:g}. Faces smaller than the crop went through "
+             + (f"the super-resolution model `{up['model']}` (sha256 `{str(up.get('sha256'))[:16]}…`)"
+                if up.get("model") not in (None, "none") else "a bicubic resize (no super-resolution model)")
+             + "; per image: " + ", ".join(f"{k} {v}" for k, v in pairs["upscaled_by"].items()) + "."]
+    aus = steps.get("aus")
+    if aus:
+        missing = aus.get("missing") or []
+        lines += ["", f"AU intensities (0-5) were measured by `{aus.get('config', aus.get('model'))}` (sha256 "
+                      f"`{str(aus.get('sha256'))[:16]}…`) and stored as named floats of the AU set "
+                      f"{', '.join(pairs['au_names'])}" + (f"; it does not measure {', '.join(missing)} (null)"
+                                                            if missing else "") + "."]
+    else:
+        lines += ["", "No AU detector ran: the pairs carry no AU intensities."]
+    cap = steps.get("caption", {})
+    if cap.get("model") not in (None, "template"):
+        lines += ["", f"Captions were written by the vision-language model `{cap['model']}` (sha256 "
+                      f"`{str(cap.get('sha256'))[:16]}…`, {cap.get('sampling', 'greedy')} decoding) with the "
+                      f"instruction:", "", f"> {cap.get('instruction', '')}"]
+    else:
+        lines += ["", "Captions were written from a template: the label, the active AUs in words, and what the tool "
+                      "measured of the face (no vision-language model)."]
+    tokens = pairs.get("caption_tokens")
+    check = stats["stages"].get("caption_check", {})
+    lines += ["", "Caption checks (too short, too long for the text encoder, an expression that disagrees with the "
+                  "label) dropped " + (", ".join(f"{r} {n}" for r, n in check.get("dropped", {}).items()) or "none")
+              + (f"; released captions have {tokens['mean']:g} tokens on average, at most {tokens['max']}"
+                 if tokens else "") + "."]
+    lines += _figure(stats, "pairs", "Pairs: the image, its class and its caption")
+    lines += _figure(stats, "caption_lengths", "Caption lengths in text-encoder tokens")
+    lines += _figure(stats, "au_by_class", "Mean AU intensity per class")
+    return lines
 
 
 def _privacy_lines(leak: dict | None, collected: bool = False) -> list[str]:
@@ -227,6 +279,18 @@ def _model_page(provenance: dict | None) -> str | None:
     return f"https://huggingface.co/{provenance['model']}"
 
 
+def source_licence(declared: str | None) -> dict | None:
+    """The card's licence metadata from an images source's declared licence (``images.license``), or None."""
+    from cards.hub_metadata import HUB_LICENSES
+
+    if declared is None:
+        return None
+    if declared in HUB_LICENSES and declared != "other":
+        return {"license": declared}
+    name = "source-images-licence" if declared == "other" else _slug(declared)
+    return {"license": "other", "license_name": name, "license_link": LICENCE_ANCHOR}
+
+
 def card_licence(provenance: dict | None) -> dict:
     """The card's licence metadata, from the generator's model card (``provenance['license']``).
 
@@ -252,8 +316,14 @@ def card_licence(provenance: dict | None) -> dict:
     return {"license": "other", "license_name": name, "license_link": _model_page(provenance) or LICENCE_ANCHOR}
 
 
-def _licence_lines(licence: dict, provenance: dict | None) -> list[str]:
+def _licence_lines(licence: dict, provenance: dict | None, declared: str | None = None) -> list[str]:
     """The card's Licence section: what the metadata says and where it comes from."""
+    if provenance is None and declared is not None:
+        named = f"`license: {licence['license']}`" + (f", `license_name: {licence['license_name']}`"
+                                                       if licence["license"] == "other" else "")
+        return [f"{named}: the licence the publisher declared for the source images (`images.license: "
+                f"{declared}`). The images are copies of them (cropped, aligned, maybe upscaled), so this dataset "
+                "is bound by that licence and by the consent of the people shown; the tool did not verify either."]
     if provenance is None:
         return [f"`license: other`, `license_name: {licence['license_name']}`: the images are copies of the source "
                 "images, so this dataset's licence is theirs, and the tool cannot know it. Find the source's licence "
@@ -349,15 +419,18 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict | None, root=N
 
     released = stats["released"]
     collected = manifest.images is not None
-    licence = card_licence(provenance)
+    declared = manifest.images.license if collected else None
+    licence = source_licence(declared) or card_licence(provenance)
+    pairs = stats.get("annotate")
     data = DatasetCardData(
         pretty_name=manifest.name,
         **licence,
-        task_categories=["image-classification"],
+        task_categories=["image-classification", *(["text-to-image"] if pairs else [])],
         annotations_creators=["machine-generated"],
         **({} if collected else {"language_creators": ["machine-generated"], "source_datasets": ["original"]}),
         size_categories=[size_category(released["total"])],
-        tags=["facial-expression-recognition", "fer"] + (["pseudo-labels"] if collected else ["synthetic-data"]),
+        tags=["facial-expression-recognition", "fer"] + (["pseudo-labels"] if collected else ["synthetic-data"])
+        + (["training-pairs"] if pairs else []),
         **({"configs": hub_configs(stats["files"])} if stats.get("files") else {}),
     )
     names = list(manifest.labels.names)
@@ -399,6 +472,8 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict | None, root=N
                   + "".join(f", `{c.name}` ({c.doc})" for _, c in columns or ()) + "."]
     if collected:
         parts += ["", *_source_section(stats)]
+        if pairs:
+            parts += ["", *_pairs_section(pairs, stats)]
     else:
         parts += ["", *_generation_section(manifest, stats, provenance)]
     parts += ["", "## Processing funnel", "", _table(
@@ -407,7 +482,8 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict | None, root=N
          for name, s in stats["stages"].items()],
     )]
     parts += _figure(stats, "funnel", "Samples into each stage, kept and dropped")
-    parts += ["", "## Labels", "", *_labels_section(stats.get("labelling"), collected, _detector(manifest))]
+    parts += ["", "## Labels", "", *_labels_section(stats.get("labelling"), collected, _detector(manifest),
+                                                   (stats.get("source") or {}).get("labels"))]
     dedupe = stats["stages"].get("dedupe", {}).get("meta")
     if dedupe and _dedupe_lines(dedupe):
         parts += ["", "## Duplicates", "", *_dedupe_lines(dedupe)]
@@ -426,7 +502,7 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict | None, root=N
                   "not a human annotation; the labellers' own biases and errors carry over to it. The licence of "
                   "this dataset cannot be more permissive than the licence of the source images: check it "
                   "before publishing."]
-        parts += ["", "## Licence", "", *_licence_lines(licence, None)]
+        parts += ["", "## Licence", "", *_licence_lines(licence, None, declared)]
         parts += ["", "## Privacy", "", *_privacy_lines(stats.get("identity_leak"), collected=True)]
     else:
         parts += ["", "## Intended use and limitations", "",

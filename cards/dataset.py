@@ -60,8 +60,8 @@ def feature(dtype: str, manifest: Manifest):
         return ClassLabel(names=list(manifest.labels.names))
     if dtype == "classes":
         return List(Value("float32"), length=len(manifest.labels.names))
-    if dtype == "aus":
-        return au_feature(manifest.aus.names)
+    if dtype == "aus" or dtype.startswith("aus:"):
+        return au_feature(_au_names(dtype, manifest))
     if dtype.startswith("float32[") and dtype.endswith("]"):
         sizes = [int(n) for n in dtype[len("float32["):-1].split(",")]
         out = Value("float32")
@@ -69,6 +69,13 @@ def feature(dtype: str, manifest: Manifest):
             out = List(out, length=size)
         return out
     raise ValueError(f"unknown column type {dtype!r}")
+
+
+def _au_names(dtype: str, manifest: Manifest) -> tuple[str, ...]:
+    """The AU names of an 'aus' column: the manifest's AU set, or the set named after 'aus:'."""
+    from builder.manifest.au_sets import AU_SETS
+
+    return AU_SETS[dtype.split(":", 1)[1]] if ":" in dtype else tuple(manifest.aus.names)
 
 
 def features(manifest: Manifest, columns):
@@ -90,8 +97,8 @@ def row(record: Record, root: Path, columns, metas: dict, manifest: Manifest) ->
         value = column.value(record, metas.get(stage, {}))
         if column.dtype == "label" and isinstance(value, str):
             value = list(manifest.labels.names).index(value)
-        elif column.dtype == "aus":
-            value = dict(zip(manifest.aus.names, value, strict=True))
+        elif column.dtype == "aus" or column.dtype.startswith("aus:"):
+            value = dict(zip(_au_names(column.dtype, manifest), value, strict=True)) if value else None
         values[column.name] = value
     return values
 

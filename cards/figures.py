@@ -47,12 +47,18 @@ OTHER = "#bab0ac"
 
 def render_figures(stats: dict, splits: dict[str, list[Record]], names, root: Path, folder: Path) -> dict:
     """Write the figures into ``folder``; return name -> path relative to the release folder."""
+    return save_figures(folder, (("samples", lambda: samples_figure(splits, names, root)),
+                                 ("funnel", lambda: funnel_figure(stats)),
+                                 ("classes", lambda: classes_figure(stats, names)),
+                                 ("leak_similarity", lambda: leak_figure(stats.get("identity_leak")))))
+
+
+def save_figures(folder: Path, figures) -> dict:
+    """Draw each (name, draw) and save it as ``folder/<name>.png`` (a draw returning None saves nothing); return
+    name -> path relative to the release folder."""
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
-    for name, draw in (("samples", lambda: samples_figure(splits, names, root)),
-                       ("funnel", lambda: funnel_figure(stats)),
-                       ("classes", lambda: classes_figure(stats, names)),
-                       ("leak_similarity", lambda: leak_figure(stats.get("identity_leak")))):
+    for name, draw in figures:
         with _style():
             fig = draw()
             if fig is None:

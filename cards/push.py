@@ -107,6 +107,7 @@ def release_files(out: Path) -> dict[str, Path]:
     if not any(p.startswith("data/") for p in files):
         raise UserError("the release has no data/*.parquet files (released by an older version of the tool?)",
                         file=str(out), fix=f"run `build-dataset MANIFEST --out {out}` again to redo the release")
+    _refuse_undeclared_licence(out)
     from cards.hub_metadata import validate_card_text
 
     problems = validate_card_text((out / "README.md").read_text(encoding="utf-8"))
@@ -115,6 +116,19 @@ def release_files(out: Path) -> dict[str, Path]:
                         file=str(out / "README.md"), fix="fix the YAML front matter (or the manifest field it "
                         "comes from) and release again")
     return dict(sorted(files.items()))
+
+
+def _refuse_undeclared_licence(out: Path) -> None:
+    """A release of existing images (an images source) whose licence the manifest does not declare is not
+    published: the images are someone else's, and the Hub card would have to guess their terms."""
+    try:
+        source = json.loads((out / "stats.json").read_text(encoding="utf-8")).get("source")
+    except (OSError, ValueError):
+        source = None
+    if isinstance(source, dict) and not source.get("license"):
+        raise UserError("the release copies existing images whose licence the manifest does not declare",
+                        file=str(out / "stats.json"), fix="set images.license in the manifest (an SPDX id such as "
+                        "cc-by-4.0, or 'other' with the terms in the card), build again to release, then push")
 
 
 def _refuse_outside(path: Path, root: Path, out: Path) -> None:

@@ -23,6 +23,7 @@ from cards.card import render_card
 from cards.dataset import build_dataset_dict
 from cards.export import REJECTED, rejected_dataset, write_parquet, write_records
 from cards.figures import render_figures
+from cards.pair_figures import render_pair_figures
 from cards.splits import FEW_PER_CLASS, assign_splits, split_coverage
 
 STAGING, RETIRED = ".release-tmp", ".release-old"
@@ -206,7 +207,9 @@ def write_release(manifest: Manifest, root: Path, staging: Path, stages: list[st
             },
         },
         "source": None if generating else {**store.stats("ingest", 0)["meta"],
-                                             "top_k_per_class": manifest.images.top_k_per_class},
+                                             "top_k_per_class": manifest.images.top_k_per_class,
+                                             **source_declarations(manifest)},
+        "annotate": annotate_stats(manifest, stages, metas, kept),
         "generator": provenance,
         "au_adapter": generate_meta.get("au_adapter"),
         "guidance": generate_meta.get("guidance"),
@@ -221,6 +224,7 @@ def write_release(manifest: Manifest, root: Path, staging: Path, stages: list[st
                         for stage, column in columns}
     stats["files"] = {config: [p.relative_to(staging).as_posix() for p in paths] for config, paths in parquet.items()}
     stats["figures"] = render_figures(stats, splits, names, root, staging / "figures")
+    stats["figures"].update(render_pair_figures(stats, splits, names, root, staging / "figures"))
     if stats["identity_leak"] is not None:
         stats["identity_leak"]["figure"] = stats["figures"].get("leak_similarity")
     stats["stages"]["release"] = {"in": len(kept), "kept": len(kept), "dropped": {},
@@ -229,6 +233,35 @@ def write_release(manifest: Manifest, root: Path, staging: Path, stages: list[st
     render_card(manifest, stats, provenance, root, columns).save(staging / "README.md")
     fsync_tree(staging)
     return stats
+
+
+def source_declarations(manifest: Manifest) -> dict:
+    """What the manifest declares about an images source: its licence and where its labels come from (only the
+    declarations made, so older releases' stats keep their bytes)."""
+    spec, out = manifest.images, {}
+    if spec.license is not None:
+        out["license"] = spec.license
+    if spec.has_labels:
+        out["labels"] = spec.labels if isinstance(spec.labels, str) else spec.labels.model_dump(exclude_none=True)
+    return out
+
+
+def annotate_stats(manifest: Manifest, stages: list[str], metas: dict, released: list[Record]) -> dict | None:
+    """The training-pair stages' set-up (their metas) and what they did to the released pairs."""
+    if manifest.annotate is None:
+        return None
+    from builder.manifest.au_sets import AU_SETS
+
+    tokens = [int(r.scores["caption_tokens"]) for r in released if "caption_tokens" in r.scores]
+    return {
+        "stages": {name: metas.get(name, {}) for name in stages
+                   if name in ("align", "upscale", "aus", "caption", "caption_check")},
+        "crop": manifest.annotate.crop.model_dump(),
+        "au_names": list(AU_SETS[manifest.annotate.aus.au_set]) if "aus" in stages else [],
+        "upscaled_by": dict(sorted(Counter(r.attributes.get("upscaled_by", "none") for r in released).items())),
+        "caption_source": dict(sorted(Counter(r.attributes.get("caption_source", "") for r in released).items())),
+        "caption_tokens": {"mean": round(sum(tokens) / len(tokens), 2), "max": max(tokens)} if tokens else None,
+    }
 
 
 class EmptyReleaseError(UserError):

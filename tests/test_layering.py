@@ -19,6 +19,7 @@ LAYERS: list[tuple[str, int]] = [
     ("curation.identity", 4),
     ("builder.expand", 5),
     ("builder.synthesis", 5),
+    ("builder.annotate", 5),
     ("curation.shard", 5),
     ("curation.labelling", 5),
     ("curation.whole_set", 5),

@@ -30,7 +30,9 @@ class Record:
     is the detected face (box, score, landmarks, number of faces) once a stage
     has looked for one; ``labelling`` holds every labeller's probabilities and
     the calibration verdict (``curation.labelling.calibrate``). ``drop`` is set by the
-    stage that rejects the record.
+    stage that rejects the record. ``attributes`` holds strings: a generated sample's prompt axes, an existing
+    image's own label (``source_label``) and what annotation stages did (``upscaled_by``, ``caption_source``);
+    ``text`` is a training pair's caption.
     """
 
     sample_id: str
@@ -48,11 +50,14 @@ class Record:
     face: dict | None = None
     labelling: dict | None = None
     drop: Drop | None = None
+    text: str | None = None
 
     def to_json(self) -> str:
         data = asdict(self)
         if data["drop"] is not None and data["drop"]["related"] is None:
             del data["drop"]["related"]  # records of drops without related ids keep the bytes they always had
+        if data["text"] is None:
+            del data["text"]  # as do records without a caption
         return json.dumps(data, sort_keys=True, ensure_ascii=False, allow_nan=False)
 
     @classmethod

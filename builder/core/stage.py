@@ -24,7 +24,8 @@ class Column:
     and the review's field description), and how to read it from a kept record and the stage's meta.
 
     ``dtype``: 'string', 'float32', 'int64', 'label' (a class of the manifest's label map), 'classes'
-    (one float32 per class), 'aus' (one named float32 per AU of the manifest's AU set), 'float32[N]' or
+    (one float32 per class), 'aus' (one named float32 per AU of the manifest's AU set; 'aus:SET' of a named
+    set), 'float32[N]' or
     'float32[N,M]' (fixed-size lists).
     """
 

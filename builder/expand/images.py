@@ -24,6 +24,7 @@ from pathlib import Path
 from builder.core.errors import ManifestError, OutputDirError
 from builder.core.records import Record
 from builder.manifest import Listing, Manifest
+from builder.manifest.label_maps import class_index
 from builder.manifest.listing import REPORTED
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -76,13 +77,48 @@ def _list_folder(spec) -> Listing:
         raise ManifestError(f"images.folder '{root}' holds no image ({', '.join(IMAGE_SUFFIXES)}){why}",
                             fix=_empty_fix(skipped))
     counts = tuple(sorted(skipped.items()))
+    labels = _folder_labels(spec, root, paths)
     digest = hashlib.sha256()
     for rel in paths:
         digest.update(f"{rel}\t{found[rel]}\n".encode())
     for reason, n in counts:
         if reason in REPORTED:
             digest.update(f"skipped\t{reason}\t{n}\n".encode())
-    return Listing("folder", str(root), len(paths), digest.hexdigest(), tuple(paths), counts)
+    for rel, label in zip(paths, labels):  # only with images.labels: folders without keep their sha256
+        digest.update(f"label\t{rel}\t{label}\n".encode())
+    return Listing("folder", str(root), len(paths), digest.hexdigest(), tuple(paths), counts, labels)
+
+
+def _folder_labels(spec, root: Path, paths: list[str]) -> tuple[str, ...]:
+    """Each listed image's own label: its folder's name, or its row of the labels CSV ('' when it has none)."""
+    if spec.labels == "folder-names":
+        return tuple(Path(rel).parent.name for rel in paths)
+    if spec.labels == "none":
+        return ()
+    import csv
+
+    table = Path(spec.labels.csv)
+    if not table.is_file():
+        raise ManifestError(f"images.labels.csv '{table}' is not a file", fix="give a CSV of file,label rows (paths "
+                            "relative to images.folder)")
+    try:
+        with open(table, newline="", encoding="utf-8") as fh:
+            rows = [row for row in csv.reader(fh) if row and any(cell.strip() for cell in row)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ManifestError(f"images.labels.csv '{table}' cannot be read ({exc})", fix="save it as UTF-8 CSV of "
+                            "file,label rows") from None
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["file", "label"]:
+        rows = rows[1:]
+    bad = [i for i, row in enumerate(rows, start=1) if len(row) < 2]
+    if bad:
+        raise ManifestError(f"images.labels.csv '{table}': row {bad[0]} has no label", fix="write file,label on "
+                            "every row")
+    by_file = {Path(row[0].strip()).as_posix(): row[1].strip() for row in rows}
+    outside = [name for name in by_file if Path(name).is_absolute() or ".." in Path(name).parts]
+    if outside:
+        raise ManifestError(f"images.labels.csv '{table}' names files outside images.folder: {outside[0]}",
+                            fix="give paths relative to images.folder, without '..'")
+    return tuple(by_file.get(rel, "") for rel in paths)
 
 
 def _walk(root: Path, recursive: bool, follow_outside: bool) -> tuple[dict[str, int], Counter, dict[str, str]]:
@@ -164,11 +200,35 @@ def _list_dataset(spec) -> Listing:
     if len(ds) == 0:
         raise ManifestError(f"images.dataset '{spec.dataset}' has no rows", fix="give a dataset with images")
     ident = {"fingerprint": ds._fingerprint, "rows": len(ds), "split": spec.split, "column": spec.image_column}
-    return Listing("dataset", str(spec.dataset), len(ds), hashlib.sha256(json.dumps(ident).encode()).hexdigest())
+    labels = ()
+    if spec.labels != "none":
+        column = spec.labels.column
+        if column not in ds.column_names:
+            raise ManifestError(f"images.labels.column '{column}' is not a column of images.dataset '{spec.dataset}'",
+                                fix=f"use one of: {', '.join(ds.column_names)}")
+        feature = ds.features[column]
+        names = getattr(feature, "names", None)
+        labels = tuple("" if v is None else (names[v] if names and isinstance(v, int) else str(v))
+                       for v in ds[column])
+        ident["labels"] = hashlib.sha256("\n".join(labels).encode()).hexdigest()
+    return Listing("dataset", str(spec.dataset), len(ds), hashlib.sha256(json.dumps(ident).encode()).hexdigest(),
+                   labels=labels)
 
 
 def image_specs(manifest, indices: range) -> list[Record]:
-    """Records of the listed images ``indices``: no class, no prompt; ``source`` says which image."""
+    """Records of the listed images ``indices``: no prompt; ``source`` says which image. The class is the
+    image's own label when the source gives labels (mapped onto the manifest's label map by emotion name; the
+    raw label is kept in ``attributes['source_label']``, and an unknown one leaves the class at -1, which
+    ingest drops), else -1 until the labellers give one."""
     listing = manifest.listing
-    return [Record(sample_id=manifest.sample_id(i), index=i, label=-1, label_name="", au=[], attributes={},
-                   prompt="", negative_prompt="", seed=0, source=listing.entry(i)) for i in indices]
+    names = getattr(getattr(manifest, "labels", None), "names", ())
+    out = []
+    for i in indices:
+        raw = listing.label(i) if hasattr(listing, "label") else None
+        label = class_index(raw, names) if raw else None
+        label = -1 if label is None else label
+        out.append(Record(sample_id=manifest.sample_id(i), index=i, label=label,
+                          label_name=names[label] if label >= 0 else "", au=[],
+                          attributes={} if raw is None else {"source_label": raw}, prompt="", negative_prompt="",
+                          seed=0, source=listing.entry(i)))
+    return out

@@ -7,7 +7,8 @@ transparency, an EXIF rotation, several frames) and every dataset row is stored 
 ``to_rgb8``. The build folder then holds every image it releases, and a later change to the source cannot
 alter a finished shard.
 
-Drop reasons, for the source image only: ``missing_image`` (listed, then gone), ``link_outside_folder``
+Drop reasons: ``unknown_source_label`` (the source gives labels, not this one or one no label map knows),
+``missing_image`` (listed, then gone), ``link_outside_folder``
 (it became a link out of ``images.folder`` after the listing), ``corrupt_image`` (cut, garbled, or a tail
 the decoder filled in: ``image_io.read_checked``) and ``unreadable_image`` (not a decodable image). A
 failure to write into the build folder is no drop: it stops the run with a ``StorageError`` and the shard
@@ -71,6 +72,12 @@ class IngestStage(Stage):
 
     def process(self, records: list[Record], ctx: ShardContext) -> Iterator[Record]:
         for record in records:
+            raw = record.attributes.get("source_label")
+            if raw is not None and record.label < 0:  # the source gives labels, and this one is none we know
+                record.drop = Drop(self.name, "unknown_source_label", f"label {raw!r} is no class of the label map"
+                                   if raw else "the source gives this image no label")
+                yield record
+                continue
             try:
                 source = self._read(record)
             except FileNotFoundError as exc:

@@ -8,6 +8,14 @@ A field added after builds existed is marked ``Annotated[type, ADDED_LATER]`` an
 at its default.
 """
 from builder.core.config import Strict, fail
+from builder.manifest.annotate import (
+    Annotate,
+    AUDetection,
+    CaptionChecks,
+    Captions,
+    Crop,
+    Upscale,
+)
 from builder.manifest.common import (
     ADDED_LATER,
     BUILTIN_TINY_MODEL,
@@ -32,7 +40,7 @@ from builder.manifest.generation import (
     Layout,
     Speed,
 )
-from builder.manifest.images import ImagesSource
+from builder.manifest.images import ImagesSource, SourceLabels
 from builder.manifest.labelling import (
     FERANNO_NAME,
     ExpertSpec,
@@ -47,7 +55,7 @@ from builder.manifest.prompts import AUCues, Axis, Enrich, Prompts
 from builder.manifest.root import NOT_IDENTITY, Manifest
 
 __all__ = [
-    "ADDED_LATER", "BUILTIN_TINY_MODEL", "FERANNO_NAME", "NOT_IDENTITY", "RESERVED_COLUMNS", "AUAdapterSpec",
+    "ADDED_LATER", "AUDetection", "Annotate", "CaptionChecks", "Captions", "Crop", "SourceLabels", "Upscale", "BUILTIN_TINY_MODEL", "FERANNO_NAME", "NOT_IDENTITY", "RESERVED_COLUMNS", "AUAdapterSpec",
     "AUCues", "ActionUnits", "AddedLater", "Axis", "Balance", "Curation", "Dedupe", "Enrich", "ExpertSpec",
     "FERAnnoSpec", "FaceCrop", "FaceEmbedder", "FaceQuality", "Generator", "Guidance", "Identities",
     "IdentityLeak", "ImagesSource", "Integrity", "Labelling", "Labels", "Layout", "Listing", "Manifest", "Output",

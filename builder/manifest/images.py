@@ -1,12 +1,27 @@
 """The 'images' section: label an existing collection instead of generating."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
 from builder.core.config import Strict, fail
 from builder.manifest.common import ADDED_LATER
+
+
+class SourceLabels(Strict):
+    """Where an images source's own labels are: a CSV file (folder sources) or a dataset column."""
+
+    csv: str | None = Field(default=None, min_length=1, description="A CSV of file,label (a header row with "
+                            "'file' and 'label', or two columns); file paths relative to images.folder.")
+    column: str | None = Field(default=None, min_length=1, description="With a dataset: the column of labels.")
+
+    @model_validator(mode="after")
+    def _one(self) -> SourceLabels:
+        if (self.csv is None) == (self.column is None):
+            raise fail("source_labels", "needs exactly one of 'csv' and 'column'",
+                       "give {{csv: FILE}} for a folder of images or {{column: NAME}} for a dataset")
+        return self
 
 
 class ImagesSource(Strict):
@@ -25,6 +40,15 @@ class ImagesSource(Strict):
                        "DatasetDict.")
     image_column: str = Field(default="image", min_length=1, description="With dataset: the column holding the "
                               "images.")
+    labels: Annotated[Literal["none", "folder-names"] | SourceLabels, ADDED_LATER] = Field(
+        default="none", description="The images' own expression labels, kept as each image's class: 'folder-names' "
+        "(the name of the folder an image is in, e.g. happy/001.jpg), {csv: FILE} (rows of file,label; paths "
+        "relative to images.folder) or {column: NAME} (a dataset column of class names or label-map indices); "
+        "names in any spelling of the built-in label maps. 'none' (default): the labellers give the classes.")
+    license: Annotated[str | None, ADDED_LATER] = Field(
+        default=None, min_length=1, max_length=100, description="Licence of the source images: an SPDX id (e.g. "
+        "cc-by-nc-sa-4.0) or 'other'; required with 'annotate', shown in the card, and `push` refuses a release "
+        "of images without one.")
     top_k_per_class: int | None = Field(
         default=None, gt=0,
         description="Keep at most this many images per class, the most confident first (ties by sample id); "
@@ -36,4 +60,16 @@ class ImagesSource(Strict):
         if (self.folder is None) == (self.dataset is None):
             raise fail("images_source", "needs exactly one of 'folder' and 'dataset'",
                         "give 'folder: PATH' (a folder of images) or 'dataset: PATH' (a save_to_disk folder)")
+        labels = self.labels
+        if labels == "folder-names" and self.folder is None:
+            raise fail("source_labels", "'folder-names' needs a folder source", "use labels: {{column: NAME}} with a "
+                       "dataset", at="labels")
+        if isinstance(labels, SourceLabels) and (labels.csv is not None) != (self.folder is not None):
+            raise fail("source_labels", "{what} does not fit this source", "use {{csv: FILE}} with a folder and "
+                       "{{column: NAME}} with a dataset", at="labels", what="csv" if labels.csv else "column")
         return self
+
+    @property
+    def has_labels(self) -> bool:
+        """True when the images carry their own expression labels."""
+        return self.labels != "none"

@@ -20,6 +20,12 @@ class Listing:
     sha256: str
     paths: tuple[str, ...] = ()
     skipped: tuple[tuple[str, int], ...] = ()
+    labels: tuple[str, ...] = ()  # the images' own label per entry, as written ('' for none), when given
+
+    def label(self, index: int) -> str | None:
+        """The raw label of entry ``index`` ('' when the source gives it none), or None when the source has no
+        labels."""
+        return self.labels[index] if self.labels else None
 
     def entry(self, index: int) -> str:
         """What sample ``index`` reads: a relative path, or a row number."""

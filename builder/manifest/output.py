@@ -33,7 +33,7 @@ class Output(Strict):
                 raise fail("split_name", "split name '{name}' is not allowed",
                             "use a lower-case identifier such as train, validation or test", name=name)
         if not splits:
-            raise fail("no_splits", "has no split", "give at least one split, e.g. {train: 1.0}")
+            raise fail("no_splits", "has no split", "give at least one split, e.g. {{train: 1.0}}")
         total = sum(splits.values())
         if abs(total - 1.0) > 1e-6:
             raise fail(

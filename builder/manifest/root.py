@@ -1,10 +1,13 @@
 """The manifest's root: its sections, the rules across them, and the build's identity."""
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field, PrivateAttr, model_validator
 
 from builder.core.config import Strict, fail
-from builder.manifest.common import strip_added_later
+from builder.manifest.annotate import Annotate
+from builder.manifest.common import ADDED_LATER, strip_added_later
 from builder.manifest.curation import Curation
 from builder.manifest.generation import Generator
 from builder.manifest.images import ImagesSource
@@ -43,10 +46,20 @@ class Manifest(Strict):
     aus: ActionUnits = Field(default_factory=ActionUnits, description="Action unit targets per class.")
     generator: Generator | None = Field(default=None, description="Diffusion model and sampling settings "
                                         "(required when generating).")
+    annotate: Annotated[Annotate | None, ADDED_LATER] = Field(
+        default=None, description="Turn an images source into generator training pairs: aligned crops, small "
+        "faces super-resolved, AU intensities and captions (needs images and images.license).")
     labelling: Labelling | None = Field(default=None, description="Label calibration by expert models; without "
                                         "it, labels are the generation targets, unverified.")
     curation: Curation = Field(default_factory=Curation, description="Curation stage settings.")
     output: Output = Field(default_factory=Output, description="Splits and sharding.")
+
+    @model_validator(mode="after")
+    def _annotate_needs_images(self) -> Manifest:
+        if self.annotate is not None and self.images is None:
+            raise fail("annotate_source", "needs an 'images' source", "add images: {{folder: ..., license: ...}} "
+                       "(training pairs are made from existing faces)", at="annotate")
+        return self
 
     @model_validator(mode="after")
     def _source_sections(self) -> Manifest:
@@ -69,9 +82,13 @@ class Manifest(Strict):
         if self.aus.intensity:
             raise fail("images_conflict", "is not used with an 'images' source",
                         "remove 'aus.intensity': existing images have no AU targets", at="aus.intensity")
-        if self.labelling is None:
+        if self.labelling is None and not self.images.has_labels:
             raise fail("labelling_required", "required field is missing", "add a 'labelling' section: with an 'images' source "
-                        "the labellers give every image its class", at="labelling")
+                        "the labellers give every image its class (or give images.labels)", at="labelling")
+        if self.annotate is not None and self.images.license is None:
+            raise fail("license_required", "required field is missing", "add images.license: the SPDX id of the "
+                       "source images' licence (or 'other'): training pairs of real faces must say what may be done "
+                       "with them", at="images.license")
         return self
 
     @model_validator(mode="after")

@@ -489,6 +489,19 @@ def test_card_metadata_the_hub_would_refuse_stops_the_push_before_any_request(hu
     assert hub.requests == [] and hub.commits == []
 
 
+def test_a_release_of_existing_images_without_a_declared_licence_is_not_pushed(hub, release, capfd):
+    """Someone else's photos (an images source) are published only under the licence the manifest declares."""
+    stats = json.loads((release / "stats.json").read_text())
+    (release / "stats.json").write_text(json.dumps({**stats, "source": {"folder": "faces", "license": None}}))
+    code, output = push(release, capfd)
+    assert code == 2 and "copies existing images whose licence the manifest does not declare" in output
+    assert "fix: set images.license in the manifest" in output
+    assert hub.requests == [] and hub.commits == []
+    (release / "stats.json").write_text(json.dumps({**stats, "source": {"folder": "faces", "license": "cc-by-4.0"}}))
+    code, output = push(release, capfd)
+    assert code == 0 and hub.commits, output
+
+
 def test_offline_push_stops_before_any_request_and_before_asking_for_a_token(hub, release, capfd, monkeypatch):
     import huggingface_hub.constants as hf_constants
 

@@ -83,9 +83,11 @@ def test_fields_added_later_leave_old_fingerprints_alone(demo_data):
     assert "reference" not in curation["dedupe"] and "detector" not in curation["faces"]
     assert fingerprint(base) == "5ff59527f838" + fingerprint(base)[12:], "demo.yaml's fingerprint before them"
     assert sorted(added_later_fields(Manifest)) == [
+        ("annotate",),
         ("curation", "dedupe", "embedding_similarity"), ("curation", "dedupe", "reference"), ("curation", "embedder"),
         ("curation", "faces", "detector"), ("curation", "faces", "detector_model"), ("curation", "faces", "detector_size"),
-        ("curation", "identities"), ("generator", "guidance", "decoder"), ("images", "follow_links_outside"),
+        ("curation", "identities"), ("generator", "guidance", "decoder"), ("images", "follow_links_outside"), ("images", "labels"),
+        ("images", "license"),
         ("labelling", "feranno", "dtype")]
     changed = {"identities": {"threshold": 0.9}, "dedupe": {"embedding_similarity": 0.97},
                "faces": {"enabled": False, "detector": "scrfd", "detector_model": "det.onnx"}}

@@ -170,3 +170,24 @@ def test_config_errors_name_the_field_and_fix(tmp_path, folder, capsys):
                                          if not p.name.startswith("feranno")), ids=lambda p: p.name)
 def test_shipped_training_configs_validate(path):
     assert load_manifest(path, model=TrainConfig).train.steps > 0
+
+
+def test_empty_aus_are_read_as_zero_or_skip_the_row(tmp_path):
+    """A detector that does not measure every AU of the set leaves those empty (null): read as 0 and counted per
+    AU by default, or the row skipped with ``missing_au: skip``."""
+    from PIL import Image
+
+    from builder.synthesis.training.config import TrainData
+    from builder.synthesis.training.data import TrainExamples
+
+    Image.new("RGB", (8, 8), (90, 60, 30)).save(tmp_path / "a.png")
+    lines = [{"file_name": "a.png", "caption": "a", "au": {"AU1": 1.5, "AU2": None}},
+             {"file_name": "a.png", "caption": "b", "au": [None, 2.0, 0.5]},
+             {"file_name": "a.png", "caption": "c", "au": {"AU1": 1.0, "AU2": 2.0, "AU4": 3.0}}]
+    (tmp_path / "metadata.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    names = ("AU1", "AU2", "AU4")
+    examples = TrainExamples(TrainData(image_folder=str(tmp_path)), names, "c.yaml")
+    assert [item[2] for item in examples.items] == [[1.5, 0.0, 0.0], [0.0, 2.0, 0.5], [1.0, 2.0, 3.0]]
+    assert examples.unmeasured == {"AU2": 1, "AU1": 1} and not examples.skipped
+    examples = TrainExamples(TrainData(image_folder=str(tmp_path), missing_au="skip"), names, "c.yaml")
+    assert [item[1] for item in examples.items] == ["c"] and examples.skipped == {"bad_au": 2}

@@ -51,6 +51,9 @@ def train_au_adapter(config: TrainConfig, source: str = "<config>", progress: bo
     examples = TrainExamples(config.data, au_names, source)
     if examples.skipped:
         log(f"skipped training examples: {dict(examples.skipped)}")
+    if examples.unmeasured:
+        log("AUs left empty by the data's detector, trained as 0 (set data.missing_au: skip to leave such rows out): "
+            + ", ".join(f"{name} ({n} rows)" for name, n in examples.unmeasured.items()))
 
     accelerator = Accelerator(mixed_precision=settings.mixed_precision)
     device = accelerator.device

@@ -20,6 +20,9 @@ class TrainData(Strict):
     au_column: str = Field(default="au", description="Column with AU intensities (0-5): a struct of named floats "
                            "(a fer-synth release's 'au': {AU1: ..., AU12: ...}; AUs it leaves out are 0) or a list "
                            "in the AU set's order.")
+    missing_au: Literal["zero", "skip"] = Field(default="zero", description="An AU a row leaves empty (null: its "
+                                                "detector does not measure that AU): read as 0 ('zero', counted "
+                                                "per AU in the log) or skip the row ('skip').")
     image_folder: str | None = Field(default=None, description="Folder of images, instead of dataset.")
     metadata: str = Field(default="metadata.jsonl", description="JSONL inside image_folder, one line per image: "
                           '{"file_name": ..., "caption": ..., "au": [..] or {"AU12": 3.0, ...}}.')

@@ -19,7 +19,9 @@ class TrainExamples:
 
     def __init__(self, data: TrainData, au_names: tuple[str, ...], source: str):
         self.au_names = au_names
+        self.missing_au = data.missing_au
         self.skipped: Counter[str] = Counter()
+        self.unmeasured: Counter[str] = Counter()  # AU name -> rows where it was empty and read as 0
         if data.dataset is not None:
             self._from_dataset(data, source)
         else:
@@ -95,11 +97,17 @@ class TrainExamples:
 
     def _au(self, value) -> list[float] | None:
         """An AU vector in the AU set's order, from a list (in that order) or a {name: intensity} mapping (a
-        release's ``au`` struct, or a metadata line; AUs it leaves out are 0); None if invalid."""
+        release's ``au`` struct, or a metadata line; AUs it leaves out are 0); None if invalid. An empty (null)
+        intensity is an AU the detector did not measure: 0 and counted with ``missing_au: zero``, else invalid."""
         if isinstance(value, dict):
             if not set(value) <= set(self.au_names):
                 return None
             value = [value.get(name, 0.0) for name in self.au_names]
+        if isinstance(value, (list, tuple)) and len(value) == len(self.au_names) and None in value:
+            if self.missing_au == "skip":
+                return None
+            self.unmeasured.update(name for name, v in zip(self.au_names, value) if v is None)
+            value = [0.0 if v is None else v for v in value]
         if not isinstance(value, (list, tuple)) or len(value) != len(self.au_names):
             return None
         try:
