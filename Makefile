@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo faces label-photos training-pairs test install schema clean
+.PHONY: demo faces label-photos training-pairs train-generator test install schema clean
 
 demo: $(STAMP)
 	$(BIN)/build-dataset manifests/demo.yaml --out out/demo
@@ -20,6 +20,9 @@ label-photos: faces
 # Generator training pairs (aligned faces, captions) from the same photos.
 training-pairs: faces
 	$(BIN)/build-dataset manifests/training-pairs.yaml --out out/training-pairs
+
+train-generator: training-pairs
+	$(BIN)/build-dataset train-generator manifests/train/generator-demo.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BuildResult", "Evaluation", "LabelledSet", "build", "evaluate", "fetch_model", "index_reference",
            "load", "models", "plan", "push", "release", "review", "status", "train_au_adapter", "train_feranno",
-           "validate"]
+           "train_generator", "validate"]
 
 Log = Callable[[str], None]
 
@@ -166,6 +166,18 @@ def train_au_adapter(config: str | Path, progress: bool = True, log: Log = info)
     from builder.synthesis.training.config import TrainConfig
 
     return train(load_manifest(config, model=TrainConfig), source=str(config), progress=progress, log=log)
+
+
+def train_generator(config: str | Path, progress: bool = True, log: Log = info,
+                    trust_remote_code: bool = False) -> dict:
+    """Fine-tune the generator on expression image-text pairs, LoRA or full (``manifests/train/generator-demo.yaml``);
+    rerun to resume. Returns the training summary."""
+    from builder.manifest.loader import load_manifest
+    from builder.synthesis.training.generator import train_generator as train
+    from builder.synthesis.training.generator_config import GeneratorTrainConfig
+
+    return train(load_manifest(config, model=GeneratorTrainConfig), source=str(config), progress=progress, log=log,
+                 trust_remote_code=trust_remote_code)
 
 
 def train_feranno(config: str | Path, progress: bool = True, log: Log = info) -> dict:

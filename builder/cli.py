@@ -221,6 +221,21 @@ def _index_reference(config, progress):
     return api.index_reference(config, progress=progress)
 
 
+@cli.command("train-generator", help="Fine-tune the generator on expression image-text pairs, LoRA or full; rerun "
+             "to resume. Example config: manifests/train/generator-demo.yaml.")
+@click.argument("config", type=PATH)
+@click.option("--no-progress", is_flag=True, help="no progress bars")
+@click.option("--trust-remote-code", is_flag=True, help="let validation.expert's classifier config name a class "
+              "outside torch and this tool")
+@logging_options
+def train_generator(config: Path, no_progress: bool, trust_remote_code: bool) -> int:
+    from builder import api
+
+    _quiet_libraries(progress=not no_progress)
+    api.train_generator(config, progress=not no_progress, trust_remote_code=trust_remote_code)
+    return 0
+
+
 _config_command("train-au-adapter", "manifests/train/au-adapter-demo.yaml", _train_au_adapter)
 _config_command("train-feranno", "manifests/train/feranno-demo.yaml", _train_feranno)
 _config_command("index-reference", "manifests/reference/demo.yaml", _index_reference)

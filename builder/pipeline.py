@@ -158,10 +158,16 @@ def guide_is_only_labeller(manifest: Manifest) -> bool:
 
 
 def guard_warnings(manifest: Manifest) -> list[str]:
-    """Warnings about a manifest's set-up that are allowed but weaken the dataset."""
+    """Warnings about a manifest's set-up that are allowed but weaken the dataset: the guide is the only
+    labeller; a LoRA was trained on another base model, or selected with a model that guides or labels this
+    build (read from its training summary)."""
     out = []
     if guide_is_only_labeller(manifest):
         out.append(f"the guide model '{manifest.generator.guidance.classifier}' is also the only labeller: labels "
                    "it steered towards are confirmed by the same model (add an independent expert; the data card "
                    "says so)")
+    if manifest.generator is not None and manifest.generator.lora:
+        from builder.models.lora import lora_warnings
+
+        out += lora_warnings(manifest)
     return out

@@ -103,6 +103,8 @@ def _references(m, trust: bool) -> Iterator[tuple[str, Iterator[Problem]]]:
     g = m.generator
     if g is not None:
         yield "generator.model", _pipeline("generator.model", g.model, g.revision)
+        for i, lora in enumerate(g.lora):
+            yield from _lora(i, lora.path)
         if g.au_adapter is not None:
             yield "generator.au_adapter.path", _au_adapter("generator.au_adapter.path", g.au_adapter.path,
                                                            m.aus.names)
@@ -159,6 +161,22 @@ def _annotate_references(a, trust: bool) -> Iterator[tuple[str, Iterator[Problem
 
         yield "annotate.captions.model", _problems("annotate.captions.model", reference_problems(a.captions.model))
     yield "annotate.checks.text_encoder", _pipeline("annotate.checks.text_encoder", a.checks.text_encoder, None)
+
+
+def _lora(index: int, ref: str) -> Iterator[tuple[str, Iterator[Problem]]]:
+    """(field, checks) of LoRA ``index``."""
+    from builder.models.lora import field_name
+
+    field = field_name(index)
+    yield field, _lora_checks(field, ref)
+
+
+def _lora_checks(field: str, ref: str) -> Iterator[Problem]:
+    """A folder with a complete safetensors file in the diffusers layout (never a pickle) and, when present, a
+    valid training summary; whether its keys fit the generator is checked once the generator loads."""
+    from builder.models.lora import reference_problems
+
+    yield from _problems(field, reference_problems(ref))
 
 
 def _problems(field: str, found: list[tuple[str, str]]) -> Iterator[Problem]:

@@ -15,6 +15,7 @@ from builder.manifest import Manifest
 from builder.models.au_detector import AUDetectorConfig
 from builder.models.fer.classifier_config import ClassifierConfig
 from builder.synthesis.training.config import TrainConfig
+from builder.synthesis.training.generator_config import GeneratorTrainConfig
 from curation.identity.config import ReferenceConfig
 from curation.labelling.feranno.config import FERAnnoTrainConfig
 
@@ -27,6 +28,7 @@ CONFIGS = {
     "manifest": (Manifest, "fer-synth synthesis manifest", "schema.json"),
     "train-au-adapter": (TrainConfig, "fer-synth train-au-adapter config", "train/schema.json"),
     "classifier": (ClassifierConfig, "fer-synth guide/expert classifier config", "classifiers/schema.json"),
+    "train-generator": (GeneratorTrainConfig, "fer-synth train-generator config", "train/generator-schema.json"),
     "train-feranno": (FERAnnoTrainConfig, "fer-synth train-feranno config", "train/feranno-schema.json"),
     "index-reference": (ReferenceConfig, "fer-synth index-reference config", "reference/schema.json"),
     "au-detector": (AUDetectorConfig, "fer-synth AU detector config", "au-detectors/schema.json"),

@@ -32,6 +32,37 @@ def _au_conditioning(adapter: dict | None) -> str:
     return f"AU adapter `{adapter['path']}` (sha256 `{adapter['sha256'][:16]}…`), au_scale {adapter['scale']:g}"
 
 
+def _lora_rows(loras: list[dict] | None) -> list[list[object]]:
+    """One table row per LoRA: its folder, scale and sha256, and what its training summary says."""
+    rows = []
+    for i, lora in enumerate(loras or []):
+        expert = lora.get("validation_expert")
+        summary = "".join([f"; trained on `{lora['base_model']}`" if lora.get("base_model") else "",
+                           f"; selected with the FER model `{expert['name']}`" if expert else ""])
+        rows.append([f"LoRA {i}" if len(loras) > 1 else "LoRA",
+                     f"`{lora['path']}`, scale {lora['scale']:g} (sha256 `{lora['sha256'][:16]}…`){summary}"])
+    return rows
+
+
+def _lora_notes(loras: list[dict] | None, stats: dict, provenance: dict) -> list[str]:
+    """The LoRA warnings the build logged, from what stats.json recorded: another base model, a validation
+    expert that guided or labelled this build."""
+    from builder.models.lora import base_model_warning, selection_warnings
+
+    used = []
+    if stats.get("guidance"):
+        used.append({"role": "guided the generation", "where": "stats.json guidance",
+                     "model": stats["guidance"]["classifier"], "sha256": stats["guidance"].get("sha256")})
+    for i, expert in enumerate((stats.get("labelling") or {}).get("experts") or []):
+        used.append({"role": "labelled the data", "where": f"stats.json labelling.experts[{i}]",
+                     "model": expert.get("model"), "sha256": expert.get("sha256")})
+    notes = []
+    for i, lora in enumerate(loras or []):
+        notes += [w for w in [base_model_warning(i, lora, provenance["model"])] if w]
+        notes += selection_warnings(i, lora, used)
+    return [line for note in notes for line in ("", f"> **Warning:** {note}.")]
+
+
 def _guidance(g: dict | None) -> str:
     if not g:
         return "none"
@@ -93,11 +124,13 @@ def _labels_section(lab: dict | None, collected: bool = False, detector: str = "
 
 def _generation_section(manifest: Manifest, stats: dict, provenance: dict) -> list[str]:
     gen = manifest.generator
+    loras = stats.get("lora")
     return ["## Generation", "", _table(["field", "value"], [
         ["model", f"`{provenance['model']}`"],
         ["revision", f"`{provenance['revision']}`"],
         ["weights sha256", f"`{provenance['weights_sha256']}`"],
         ["model licence", provenance.get("license") or "unknown: check it before publishing"],
+        *_lora_rows(loras),
         ["scheduler / steps / CFG", f"{gen.scheduler} / {gen.steps} / {gen.guidance_scale:g}"],
         ["resolution", f"{gen.width}x{gen.height}"],
         ["AU conditioning", _au_conditioning(stats.get("au_adapter"))],
@@ -110,7 +143,7 @@ def _generation_section(manifest: Manifest, stats: dict, provenance: dict) -> li
                               f"{stats['prompts'].get('max_tokens', '?')} tokens, longest prompt "
                               f"{stats['prompts'].get('longest', 0)})"],
         ["tool", f"fer-synth {stats['tool_version']}"],
-    ])]
+    ]), *_lora_notes(loras, stats, provenance)]
 
 
 def _source_section(stats: dict) -> list[str]:

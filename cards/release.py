@@ -211,6 +211,7 @@ def write_release(manifest: Manifest, root: Path, staging: Path, stages: list[st
                                              **source_declarations(manifest)},
         "annotate": annotate_stats(manifest, stages, metas, kept),
         "generator": provenance,
+        **({"lora": generate_meta["lora"]} if generate_meta.get("lora") else {}),  # older releases keep their bytes
         "au_adapter": generate_meta.get("au_adapter"),
         "guidance": generate_meta.get("guidance"),
         "layout": generate_meta.get("layout"),

@@ -137,8 +137,12 @@ def _clean_loc(loc: tuple) -> tuple:
 
 
 def _model_at(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
+    """The model at ``loc`` below ``root``; list indices step into the list's items (``model_in`` of a
+    ``list[Model]`` field is ``Model``)."""
     model: type[BaseModel] | None = root
     for part in loc:
+        if isinstance(part, int) and model is not root:
+            continue
         if model is None or not isinstance(part, str) or part not in model.model_fields:
             return None
         model = model_in(model.model_fields[part].annotation)

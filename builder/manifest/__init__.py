@@ -38,6 +38,7 @@ from builder.manifest.generation import (
     Generator,
     Guidance,
     Layout,
+    LoRASpec,
     Speed,
 )
 from builder.manifest.images import ImagesSource, SourceLabels
@@ -58,6 +59,6 @@ __all__ = [
     "ADDED_LATER", "AUDetection", "Annotate", "CaptionChecks", "Captions", "Crop", "SourceLabels", "Upscale", "BUILTIN_TINY_MODEL", "FERANNO_NAME", "NOT_IDENTITY", "RESERVED_COLUMNS", "AUAdapterSpec",
     "AUCues", "ActionUnits", "AddedLater", "Axis", "Balance", "Curation", "Dedupe", "Enrich", "ExpertSpec",
     "FERAnnoSpec", "FaceCrop", "FaceEmbedder", "FaceQuality", "Generator", "Guidance", "Identities",
-    "IdentityLeak", "ImagesSource", "Integrity", "Labelling", "Labels", "Layout", "Listing", "Manifest", "Output",
+    "IdentityLeak", "ImagesSource", "Integrity", "Labelling", "Labels", "Layout", "Listing", "LoRASpec", "Manifest", "Output",
     "Prompts", "Speed", "Strict", "added_later_fields", "fail",
 ]

@@ -1,9 +1,9 @@
-"""The 'generator' section: the diffusion model, sampling, AU adapter, guidance, layout, speed."""
+"""The 'generator' section: the diffusion model, LoRAs, sampling, AU adapter, guidance, layout, speed."""
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from builder.core.config import Strict, fail
 from builder.manifest.common import ADDED_LATER
@@ -18,6 +18,30 @@ class AUAdapterSpec(Strict):
         description="Weight of the AU cross-attention relative to the text (au_scale); 0 gives exactly the "
         "plain pipeline's image.",
     )
+
+
+class LoRASpec(Strict):
+    """LoRA weights for the generator (diffusers/peft layout, e.g. ``build-dataset train-generator`` output)."""
+
+    path: str = Field(min_length=1, description="Folder with pytorch_lora_weights.safetensors, as "
+                      "StableDiffusionPipeline.save_lora_weights writes it (diffusers' LoRA scripts, `build-dataset "
+                      "train-generator`). Pickled weights (.bin, .pt, .ckpt) are refused; an optional "
+                      "training_summary.json names its base model and validation expert for the card.")
+    scale: float = Field(default=1.0, ge=-2, le=2, description="Weight of the LoRA's update (diffusers' "
+                         "set_adapters); 0 gives exactly the base model's images, negative values push away from "
+                         "what it learned.")
+
+
+def _one_or_many(value: Any) -> Any:
+    """A single LoRA mapping is a one-element list (so both spellings have one identity)."""
+    return [value] if isinstance(value, dict) else value
+
+
+def _list_or_mapping_schema(schema: dict) -> None:
+    """The JSON schema of ``generator.lora``: a list of LoRAs, or one LoRA mapping (editors accept both)."""
+    items = schema.pop("items")
+    listed = {"type": schema.pop("type"), "items": items}
+    schema["anyOf"] = [listed, items]
 
 
 class Guidance(Strict):
@@ -107,6 +131,18 @@ class Generator(Strict):
         description="'auto' (first GPU if any, else CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'. "
         "Not part of the build's identity: a build may resume on another device.",
     )
+    lora: Annotated[list[LoRASpec], BeforeValidator(_one_or_many), ADDED_LATER] = Field(
+        default_factory=list, json_schema_extra=_list_or_mapping_schema,
+        description="LoRA weights applied to the generator, each with its scale: a list of {path, scale}, or "
+        "one such mapping. Loaded before the AU adapter, checked against the UNet and text encoder first (a "
+        "LoRA for another architecture is refused). Each file's sha256 is recorded; a changed file stops a "
+        "resume.",
+    )
+    fuse_lora: Annotated[bool, ADDED_LATER] = Field(
+        default=False,
+        description="Merge the LoRAs into the base weights once at load (diffusers' fuse_lora) instead of "
+        "running them beside each layer: faster sampling, the same images up to float rounding.",
+    )
     au_adapter: AUAdapterSpec | None = Field(
         default=None,
         description="Condition generation on each sample's AU vector through an AU adapter. Omit to generate "
@@ -121,6 +157,13 @@ class Generator(Strict):
         default=None, description="Start from DDIM-inverted reference images instead of random noise; the "
         "dataset gets a 'layout_reference' column."
     )
+
+    @model_validator(mode="after")
+    def _fuse_needs_lora(self) -> Generator:
+        if self.fuse_lora and not self.lora:
+            raise fail("fuse_without_lora", "is true but generator.lora lists no LoRA",
+                       "add generator.lora: {{path: DIR, scale: 1.0}}, or remove fuse_lora", at="fuse_lora")
+        return self
 
     @model_validator(mode="after")
     def _guidance_window(self) -> Generator:

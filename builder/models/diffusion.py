@@ -7,6 +7,7 @@ the resolved revision and a sha256 over the weight files.
 from __future__ import annotations
 
 import hashlib
+import pickle
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -185,7 +186,8 @@ def load_pipeline(spec: Generator):
             requires_safety_checker=False,
             local_files_only=True,
         )
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError) as exc:
+        # UnpicklingError: a .bin weight file that torch.load(weights_only=True) refuses (a pickle with code)
         raise ModelLoadError(
             f"could not load a Stable Diffusion pipeline from '{spec.model}' ({folder}): {str(exc).splitlines()[0]}",
             fix="generator.model must be a Stable Diffusion 1.x/2.x diffusers checkpoint with unet, vae, "

@@ -72,6 +72,19 @@ def safetensors_problem(path: str | Path) -> str | None:
     return None
 
 
+def safetensors_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a safetensors file whose ``safetensors_problem`` is None.
+
+    Reads the JSON header only, no tensor data: enough to compare a file's tensors with a model before any
+    library loads them.
+    """
+    with open(path, "rb") as fh:
+        length = struct.unpack("<Q", fh.read(8))[0]
+        header = json.loads(fh.read(length).decode("utf-8"))
+    return {name: tuple(int(n) for n in entry.get("shape", ())) for name, entry in header.items()
+            if name != "__metadata__"}
+
+
 def load_safetensors(path: str | Path, fix: str) -> dict:
     """The tensors of a safetensors file; ``ModelLoadError`` naming the file for a pickled, truncated or
     unreadable one (never the safetensors library's own error)."""

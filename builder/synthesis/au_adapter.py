@@ -75,7 +75,7 @@ class AUAttnProcessor(nn.Module):
             return self._shared(attn, hidden_states, text, au)
         out = self.base(attn, hidden_states, text, attention_mask, temb)
         mixed, _ = self._au_attention(attn, attn.to_q(hidden_states), au)
-        return out + self.scale * F.linear(mixed, attn.to_out[0].weight) / attn.rescale_output_factor
+        return out + self.scale * _linear_part(attn.to_out[0], mixed) / attn.rescale_output_factor
 
     def _shared(self, attn, hidden_states, text, au):
         """Both attentions from one query projection, summed before one output projection (to_out is linear):
@@ -98,6 +98,15 @@ class AUAttnProcessor(nn.Module):
         split = lambda x: x.view(batch, -1, heads, head_dim).transpose(1, 2)  # noqa: E731
         mixed = F.scaled_dot_product_attention(split(query), split(self.to_k_au(au)), split(self.to_v_au(au)))
         return mixed.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype), split
+
+
+def _linear_part(layer, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` without its bias: the output projection of the AU term. A plain Linear is one matmul; a layer
+    a LoRA wraps (peft, unfused) adds its low-rank update, which ``layer.weight`` alone would leave out."""
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, layer.weight)
+    out = layer(x)
+    return out - layer.bias if layer.bias is not None else out
 
 
 def _is_sdpa(processor) -> bool:

@@ -27,6 +27,11 @@ class GenerateStage(Stage):
     ``nonfinite_output``. Each record gets ``scores["prompt_tokens"]`` (text
     encoder tokens, before truncation to ``max_prompt_tokens``).
 
+    LoRAs (``generator.lora``) are checked against the loaded pipeline and
+    loaded in ``setup`` before anything else touches it (``builder.models.lora``);
+    their paths, sha256s and scales are part of ``meta``, so a resume with a
+    changed LoRA file is refused like one with changed model files.
+
     With ``speed.compile`` on, a shard's last, smaller batch is padded to
     ``batch_size`` with repeats of its last sample (their images discarded):
     compiled graphs and CUDA graphs are specialised to the batch shape, and a
@@ -66,6 +71,7 @@ class GenerateStage(Stage):
         self.provenance = None
         self.adapter = None
         self.adapter_provenance = None
+        self.lora_provenance: list[dict] | None = None
         self.guide = None
         self.guide_provenance = None
         self.guide_targets: dict[int, int | None] = {}
@@ -86,7 +92,8 @@ class GenerateStage(Stage):
         from builder.synthesis.speed import apply_compile, apply_layout
 
         self.pipe, self.dtype, self.provenance = load_pipeline(self.spec)
-        self.speedups = apply_layout(self.pipe, self.spec.speed)
+        lora_speedups = self._setup_loras() if self.spec.lora else []
+        self.speedups = lora_speedups + apply_layout(self.pipe, self.spec.speed)
         if self.spec.au_adapter is not None:
             from builder.synthesis.au_adapter import attach_au_adapter
 
@@ -101,6 +108,18 @@ class GenerateStage(Stage):
         extra = (self.guide_decoder.decoder,) if self.guide_decoder is not None else ()
         self.speedups += apply_compile(self.pipe, self.spec.speed, extra)
         self.fixed_batch = self.spec.speed.compile != "off"
+
+    def _setup_loras(self) -> list[str]:
+        """Check every LoRA against the loaded pipeline and load it, before the AU adapter attaches (its processors
+        wrap the layers' own, LoRA included) and before fused projections (``speed.fuse_qkv`` concatenates the q,
+        k and v weights, which must hold the LoRAs by then, so it fuses them too: the same images up to float
+        rounding, like every speed setting). Returns what it applied beyond the manifest, for ``runtime``."""
+        from builder.models.lora import apply_loras
+
+        spec = self.spec
+        fuse = spec.fuse_lora or spec.speed.fuse_qkv
+        self.lora_provenance = apply_loras(self.pipe, spec.lora, fuse=fuse, model=spec.model)
+        return ["fuse_lora"] if fuse and not spec.fuse_lora else []
 
     def _setup_guide(self) -> None:
         from builder.models.fer import align_labels
@@ -131,6 +150,7 @@ class GenerateStage(Stage):
             "au_adapter": self.adapter_provenance,
             "guidance": self.guide_provenance,
             "layout": self.layout.meta if self.layout else None,
+            **({"lora": self.lora_provenance} if self.lora_provenance else {}),  # builds without LoRAs keep their meta
         }
 
     def runtime(self) -> dict:

@@ -86,7 +86,8 @@ def test_fields_added_later_leave_old_fingerprints_alone(demo_data):
         ("annotate",),
         ("curation", "dedupe", "embedding_similarity"), ("curation", "dedupe", "reference"), ("curation", "embedder"),
         ("curation", "faces", "detector"), ("curation", "faces", "detector_model"), ("curation", "faces", "detector_size"),
-        ("curation", "identities"), ("generator", "guidance", "decoder"), ("images", "follow_links_outside"), ("images", "labels"),
+        ("curation", "identities"), ("generator", "fuse_lora"), ("generator", "guidance", "decoder"), ("generator", "lora"),
+        ("images", "follow_links_outside"), ("images", "labels"),
         ("images", "license"),
         ("labelling", "feranno", "dtype")]
     changed = {"identities": {"threshold": 0.9}, "dedupe": {"embedding_similarity": 0.97},
@@ -127,3 +128,28 @@ def test_a_dumped_manifest_validates_to_itself(demo_data):
     faces = {**manifest.curation.faces.model_dump(), "detector_size": 320}
     with pytest.raises(ValueError, match="'detector_size' is for the scrfd detector"):
         Manifest.model_validate({**demo_data, "curation": {**demo_data.get("curation", {}), "faces": faces}})
+
+
+EXAMPLES = sorted(p for p in SCHEMA_PATH.parent.rglob("*.yaml")
+                  if p.read_text().startswith("# yaml-language-server: $schema="))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: str(p.relative_to(SCHEMA_PATH.parent)))
+def test_every_shipped_example_fits_its_schema_and_model(path):
+    """Each example config names its schema on line 1; it validates against that schema and parses with the
+    pydantic model the schema is made from."""
+    import yaml
+
+    from builder.core.config import parse_config
+
+    schema_file = (path.parent / path.read_text().splitlines()[0].split("$schema=", 1)[1].strip()).resolve()
+    model, _ = SCHEMAS[schema_file]
+    data = yaml.safe_load(path.read_text())
+    jsonschema.validate(data, json.loads(schema_file.read_text()))
+    parse_config(path.read_text(), source=str(path), model=model)
+
+
+def test_the_examples_cover_every_config_kind():
+    kinds = {SCHEMAS[(p.parent / p.read_text().splitlines()[0].split("$schema=", 1)[1].strip()).resolve()][0]
+             for p in EXAMPLES}
+    assert len(EXAMPLES) >= 8 and len(kinds) >= 5, kinds

@@ -62,6 +62,12 @@ def train_au_adapter(config: TrainConfig, source: str = "<config>", progress: bo
     folder, _ = resolve_checkpoint(Generator(model=config.base_model, revision=config.revision))
     pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, feature_extractor=None,
                                                    requires_safety_checker=False, local_files_only=True)
+    loras: list[dict] = []
+    if config.base_lora:  # train over the fine-tuned generator the builds will use
+        from builder.models.lora import apply_loras
+
+        loras = apply_loras(pipe, config.base_lora, fuse=True, model=config.base_model)
+        log("merged into the base model: " + ", ".join(f"{lora['path']} (scale {lora['scale']})" for lora in loras))
     unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     for module in (unet, vae, text_encoder):
@@ -153,6 +159,7 @@ def train_au_adapter(config: TrainConfig, source: str = "<config>", progress: bo
 
     summary["eval_loss_end"] = evaluate()
     summary["steps"] = settings.steps
+    summary["base_lora"] = [{k: lora[k] for k in ("path", "sha256", "scale")} for lora in loras]
     plain_adapter.save_pretrained(out)
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     log(f"eval loss {summary['eval_loss_start']:.5f} -> {summary['eval_loss_end']:.5f}; adapter saved to {out}")

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from builder.core.config import Strict, fail
+from builder.manifest.generation import LoRASpec
 
 
 class TrainData(Strict):
@@ -59,6 +60,9 @@ class TrainConfig(Strict):
     base_model: str = Field(min_length=1, description="Generator to adapt: Hub id, local diffusers folder or "
                             "'builtin:tiny-sd'.")
     revision: str | None = Field(default=None, description="Hub revision of base_model.")
+    base_lora: list[LoRASpec] = Field(default_factory=list, description="LoRAs (e.g. from `build-dataset "
+                                      "train-generator`) merged into base_model before the adapter trains, each "
+                                      "with its scale: builds then use the adapter with the same generator.lora.")
     au_set: Literal["disfa12", "disfa8", "bp4d12", "opengraphau41"] = Field(default="disfa12",
                                                                            description="AU set of the AU vectors.")
     num_tokens: int = Field(default=4, gt=0, le=64, description="AU tokens per sample.")

@@ -61,14 +61,10 @@ class TrainExamples:
             raise UserError(f"'{meta}' does not exist", file=source,
                             fix="put a metadata.jsonl next to the images (one JSON object per line)")
         self.items = []
-        for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
+        for entry, image in metadata_entries(folder, meta, self.skipped):
             try:
-                entry = json.loads(line)
-                image = confined(folder, str(entry["file_name"]), f"file_name (line {n})", meta)
                 caption, au = str(entry.get("caption", "")), self._au(entry["au"])
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except (KeyError, TypeError):
                 self.skipped["bad_metadata"] += 1
                 continue
             if au is None:
@@ -115,6 +111,22 @@ class TrainExamples:
         except (TypeError, ValueError):
             return None
         return vector if all(0.0 <= v <= 5.0 for v in vector) else None
+
+
+def metadata_entries(folder: Path, meta: Path, skipped: Counter):
+    """(entry, image path) of each line of a metadata.jsonl: a JSON object whose ``file_name`` stays inside
+    ``folder`` (else a UserError naming the line); lines that are not JSON objects with a file_name are counted
+    in ``skipped['bad_metadata']``."""
+    for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            image = confined(folder, str(entry["file_name"]), f"file_name (line {n})", meta)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            skipped["bad_metadata"] += 1
+            continue
+        yield entry, image
 
 
 def _readable(path: Path) -> bool:
