@@ -43,6 +43,7 @@ def train_au_adapter(config: TrainConfig, source: str = "<config>", progress: bo
     from builder.models.imaging import square_pixels
     from builder.synthesis.au_adapter import AUAdapter
     from builder.synthesis.training.data import TrainExamples
+    from builder.synthesis.training.objective import check_prediction_type, noisy_latents, target_for
 
     out = config.out
     settings = config.train
@@ -70,6 +71,7 @@ def train_au_adapter(config: TrainConfig, source: str = "<config>", progress: bo
         log("merged into the base model: " + ", ".join(f"{lora['path']} (scale {lora['scale']})" for lora in loras))
     unet, vae, text_encoder, tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    check_prediction_type(noise_scheduler, source)
     for module in (unet, vae, text_encoder):
         module.requires_grad_(False).eval().to(device, dtype=weight_dtype)
 
@@ -105,13 +107,8 @@ def train_au_adapter(config: TrainConfig, source: str = "<config>", progress: bo
             ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
                             truncation=True, return_tensors="pt").input_ids.to(device)
             text = text_encoder(ids)[0]
-        noise = torch.randn(latents.shape, generator=gen).to(device, latents.dtype)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(indices),), generator=gen).to(device)
-        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-        if noise_scheduler.config.prediction_type == "v_prediction":
-            target = noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
+        noisy, noise, timesteps = noisy_latents(noise_scheduler, latents, gen)
+        target = target_for(noise_scheduler, latents, noise, timesteps)
         return noisy, timesteps, text, torch.tensor(aus, dtype=torch.float32), target
 
     def loss_on(batch) -> torch.Tensor:
