@@ -223,3 +223,16 @@ def test_the_au_adapter_trains_on_the_fine_tuned_generator(data, tmp_path):
     summary = json.loads((adapter / "training_summary.json").read_text())
     assert summary["base_lora"] == [{"path": str(lora), "scale": 0.8,
                                      "sha256": file_sha256(lora / "pytorch_lora_weights.safetensors")}]
+
+
+def test_the_model_card_reads_the_training_data_card(tmp_path):
+    """A release's card (next to its hf folder) gives the data's name and licence; a malformed one is still named."""
+    from builder.synthesis.training.model_card import data_card
+
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "README.md").write_text("---\npretty_name: pairs\nlicense: other\nlicense_name: src-licence\n---\n# x\n")
+    assert data_card(str(tmp_path / "hf")) == {"card": str(tmp_path / "README.md"), "name": "pairs",
+                                               "license": "other", "license_name": "src-licence"}
+    (tmp_path / "README.md").write_text("---\n[not: yaml\n---\n")
+    assert data_card(str(tmp_path / "hf")) == {"card": str(tmp_path / "README.md")}
+    assert data_card(str(tmp_path / "elsewhere" / "hf")) == {}

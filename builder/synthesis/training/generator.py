@@ -19,15 +19,23 @@ import json
 import time
 from pathlib import Path
 
-from builder.core.checkpoints import checkpoint_number, latest_checkpoint, record_config, save_checkpoint, trim_log
+from builder.core.checkpoints import (
+    checkpoint_number,
+    config_changes,
+    latest_checkpoint,
+    record_config,
+    save_checkpoint,
+    trim_log,
+)
 from builder.core.errors import OutputDirError
 from builder.core.seeding import SampleRng, derive_seed
 from builder.synthesis.training.generator_config import GeneratorTrainConfig
 
 ARGS_FILE = "training_args.json"
-RESUMABLE = {"train.checkpoint_every", "train.checkpoints_kept", "train.log_every", "validation"}
-"""Config fields a resumed run may change (none of them changes the weights); train.steps too, under a constant
-schedule (a decaying schedule is stretched over the step count, so more steps would change every earlier step)."""
+RESUMABLE = {"checkpoint_every", "checkpoints_kept", "log_every"}
+"""train.* fields a resumed run may change (none of them changes the weights), besides the validation section;
+train.steps too, under a constant schedule (a decaying schedule is stretched over the step count, so more steps
+would change every earlier step)."""
 
 
 def train_generator(config: GeneratorTrainConfig, source: str = "<config>", progress: bool = True, log=print,
@@ -174,30 +182,17 @@ def _claim(out: Path, config: GeneratorTrainConfig) -> int:
     args = out / ARGS_FILE
     current = config.model_dump(mode="json")
     if args.exists():
-        previous = json.loads(args.read_text())
-        changed = sorted(_changes(previous, current))
-        may = RESUMABLE | ({"train.steps"} if config.train.lr_scheduler in ("constant", "constant_with_warmup")
-                           else set())
-        refused = [c for c in changed if c not in may and c.split(".")[0] not in may]
+        constant = config.train.lr_scheduler in ("constant", "constant_with_warmup")
+        refused = [c for c in config_changes(json.loads(args.read_text()), current,
+                                             RESUMABLE | ({"steps"} if constant else set()))
+                   if c != "validation"]
         if refused:
             why = (" (train.steps may change only under a constant schedule: lr_scheduler "
                    f"'{config.train.lr_scheduler}' spreads over the step count)" if "train.steps" in refused else "")
             raise OutputDirError(f"'{out}' holds a training run with a different config (changed: "
                                  f"{', '.join(refused)}){why}",
                                  fix="use a new output_dir, or restore those settings to resume; a resume may change "
-                                 f"{', '.join(sorted(RESUMABLE))} and, under a constant schedule, train.steps")
+                                 "train.checkpoint_every, checkpoints_kept, log_every, the validation section and, "
+                                 "under a constant schedule, train.steps")
     record_config(out, ARGS_FILE, current)
     return checkpoint_number(latest_checkpoint(out, "step"), "step")
-
-
-def _changes(previous: dict, current: dict, prefix: str = ""):
-    """Dotted names of the fields that differ (output_dir excepted)."""
-    for key in sorted(set(previous) | set(current)):
-        name = f"{prefix}{key}"
-        if name == "output_dir":
-            continue
-        a, b = previous.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            yield from _changes(a, b, f"{name}.")
-        elif a != b:
-            yield name

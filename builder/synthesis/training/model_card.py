@@ -12,18 +12,19 @@ from builder.synthesis.training.generator_config import GeneratorTrainConfig
 
 def data_card(source: str | None) -> dict:
     """Name and licence of the training data from its data card, when it is a release (``OUT/hf`` next to
-    ``OUT/README.md``) or has a README.md of its own; empty when there is none or it cannot be read."""
+    ``OUT/README.md``) or has a README.md of its own; empty when there is none. A card whose metadata cannot be
+    read is still named."""
     if not source:
         return {}
+    from huggingface_hub import DatasetCard
+
     folder = Path(source)
     for card in (folder / "README.md", folder.parent / "README.md"):
         if card.is_file():
             try:
-                text = card.read_text(encoding="utf-8")
-                front = yaml.safe_load(text.split("---")[1]) if text.startswith("---") else {}
-            except (OSError, UnicodeDecodeError, yaml.YAMLError, IndexError):
+                front = DatasetCard.load(card).data.to_dict()
+            except Exception:  # a malformed card must not stop a finished training run from saving its own
                 return {"card": str(card)}
-            front = front if isinstance(front, dict) else {}
             return {"card": str(card), "name": front.get("pretty_name"), "license": front.get("license"),
                     "license_name": front.get("license_name")}
     return {}
