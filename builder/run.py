@@ -235,7 +235,7 @@ def _claim(out: Path, manifest: Manifest, threads: int | None, log=print) -> tup
     if previous is None:
         use = threads or default_threads()
         recorded = {"fingerprint": fp, "tool_version": __version__, "manifest": manifest.identity(), "threads": use}
-        if manifest.images is not None:
+        if manifest.collection is not None:
             recorded["listing"] = manifest.listing.summary()
         write_build_file(out, recorded)
         return fp, use
@@ -251,7 +251,7 @@ def _claim(out: Path, manifest: Manifest, threads: int | None, log=print) -> tup
             "on a CPU, new images may differ from an uninterrupted build by float rounding")
     use = threads or recorded_threads or default_threads()
     updates = {}
-    if manifest.images is not None and "listing" not in previous:  # a build.json from before listings were recorded
+    if manifest.collection is not None and "listing" not in previous:  # a build.json from before listings were recorded
         updates["listing"] = manifest.listing.summary()
     if recorded_threads is None:  # a build.json from before threads were recorded
         updates["threads"] = use

@@ -122,15 +122,18 @@ def _labels_section(lab: dict | None, collected: bool = False, detector: str = "
     return lines
 
 
+def _model_rows(provenance: dict, loras: list[dict] | None) -> list[list]:
+    """The card's rows naming the diffusion model (and its LoRAs)."""
+    return [["model", f"`{provenance['model']}`"], ["revision", f"`{provenance['revision']}`"],
+            ["weights sha256", f"`{provenance['weights_sha256']}`"],
+            ["model licence", provenance.get("license") or "unknown: check it before publishing"], *_lora_rows(loras)]
+
+
 def _generation_section(manifest: Manifest, stats: dict, provenance: dict) -> list[str]:
     gen = manifest.generator
     loras = stats.get("lora")
     return ["## Generation", "", _table(["field", "value"], [
-        ["model", f"`{provenance['model']}`"],
-        ["revision", f"`{provenance['revision']}`"],
-        ["weights sha256", f"`{provenance['weights_sha256']}`"],
-        ["model licence", provenance.get("license") or "unknown: check it before publishing"],
-        *_lora_rows(loras),
+        *_model_rows(provenance, loras),
         ["scheduler / steps / CFG", f"{gen.scheduler} / {gen.steps} / {gen.guidance_scale:g}"],
         ["resolution", f"{gen.width}x{gen.height}"],
         ["AU conditioning", _au_conditioning(stats.get("au_adapter"))],
@@ -212,6 +215,31 @@ def _privacy_lines(leak: dict | None, collected: bool = False) -> list[str]:
                 "identity-leak check against real face sets, so it cannot rule out that a generated face "
                 "resembles a person in the generator's training data."]
     return ["All images are generated; no photograph of a real person is included.", "", *_leak_lines(leak)]
+
+
+def _edit_privacy_lines(stats: dict, real_faces: bool) -> list[str]:
+    leak = stats.get("identity_leak")
+    if real_faces:
+        head = ("**This dataset contains edited photographs of real people**: an edit keeps its source's identity "
+                f"by design. Consent, as declared by the builder: \"{stats['edit']['source']['consent']}\". Publish "
+                "it only if the people shown agreed to this use.")
+    else:
+        head = ("The source faces are declared synthetic; the edits keep their identities. No photograph of a real "
+                "person is included, as far as the sources' declaration holds.")
+    return [head] if not leak else [head, "", *_leak_lines(leak)]
+
+
+def _edit_model_lines(manifest: Manifest, stats: dict, provenance: dict) -> list[str]:
+    gen = manifest.generator
+    return ["Editing model:", "", _table(["field", "value"], [
+        *_model_rows(provenance, stats["edit"].get("lora")),
+        ["scheduler / steps / CFG", f"ddim / {gen.steps} / {gen.guidance_scale:g}"],
+        ["resolution", f"{gen.width}x{gen.height}"],
+        ["AU conditioning", _au_conditioning(stats["edit"].get("au_adapter"))],
+        ["semantic guidance", _guidance(stats["edit"].get("guidance"))],
+        ["global seed", manifest.seed],
+        ["tool", f"fer-synth {stats['tool_version']}"],
+    ])]
 
 
 def _leak_lines(leak: dict) -> list[str]:
@@ -452,7 +480,9 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict | None, root=N
 
     released = stats["released"]
     collected = manifest.images is not None
-    declared = manifest.images.license if collected else None
+    edited = manifest.edit is not None
+    real_faces = collected or (edited and not manifest.edit.sources_are_synthetic)
+    declared = manifest.images.license if collected else manifest.edit.license if edited else None
     licence = source_licence(declared) or card_licence(provenance)
     pairs = stats.get("annotate")
     data = DatasetCardData(
@@ -463,6 +493,7 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict | None, root=N
         **({} if collected else {"language_creators": ["machine-generated"], "source_datasets": ["original"]}),
         size_categories=[size_category(released["total"])],
         tags=["facial-expression-recognition", "fer"] + (["pseudo-labels"] if collected else ["synthetic-data"])
+        + (["expression-editing"] if edited else [])
         + (["training-pairs"] if pairs else []),
         **({"configs": hub_configs(stats["files"])} if stats.get("files") else {}),
     )
@@ -477,15 +508,21 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict | None, root=N
                       f"{stats['source']['count']} existing images, pseudo-labelled by the labellers below into "
                       f"{n_classes} expression classes (label map `{manifest.labels.label_map}`). The images are "
                       "not generated: they are copies of the source's images."]
+    elif edited:
+        parts.append(manifest.description.strip() or "Facial expression edits of existing faces.")
+        parts += ["", f"Built by `build-dataset` from a manifest with an `edit` source: {released['total']} images, "
+                      f"edits of {stats['edit']['source']['count']} source images to {len(manifest.edit_targets)} "
+                      f"target expressions (label map `{manifest.labels.label_map}`) with `{provenance['model']}`; "
+                      "each edit keeps its source's person (checked) and is labelled like a generated image."]
     else:
         parts.append(manifest.description.strip() or "A synthetic facial expression recognition (FER) dataset.")
         parts += ["", f"Built by `build-dataset` from a synthesis manifest: {released['total']} images over "
                       f"{n_classes} expression classes (label map `{manifest.labels.label_map}`), generated with "
                       f"`{provenance['model']}`."]
-        if manifest.generator.model == BUILTIN_TINY_MODEL:
-            parts += ["", "> **These images are not faces.** They come from the tool's built-in tiny pipeline with "
-                          "random weights (`builtin:tiny-sd`), which exists to exercise the tool offline. "
-                          "Do not train or evaluate a model on this dataset."]
+    if not collected and manifest.generator.model == BUILTIN_TINY_MODEL:
+        parts += ["", "> **These images are not faces.** They come from the tool's built-in tiny pipeline with "
+                      "random weights (`builtin:tiny-sd`), which exists to exercise the tool offline. "
+                      "Do not train or evaluate a model on this dataset."]
     parts += ["", "## Contents", "", _table(
         ["class", "label id", *split_names, "total"],
         [[n, i, *(released["class_by_split"][s].get(n, 0) for s in split_names), released["classes"].get(n, 0)]
@@ -507,6 +544,11 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict | None, root=N
         parts += ["", *_source_section(stats)]
         if pairs:
             parts += ["", *_pairs_section(pairs, stats)]
+    elif edited:
+        from cards.edit_section import edit_lines
+
+        parts += ["", *edit_lines(stats["edit"], split_names, stats.get("figures", {}).get("identity_similarity")),
+                  "", *_edit_model_lines(manifest, stats, provenance)]
     else:
         parts += ["", *_generation_section(manifest, stats, provenance)]
     parts += ["", "## Processing funnel", "", _table(
@@ -537,6 +579,19 @@ def render_card(manifest: Manifest, stats: dict, provenance: dict | None, root=N
                   "before publishing."]
         parts += ["", "## Licence", "", *_licence_lines(licence, None, declared)]
         parts += ["", "## Privacy", "", *_privacy_lines(stats.get("identity_leak"), collected=True)]
+    elif edited:
+        parts += ["", "## Intended use and limitations", "",
+                  "Research on facial expression recognition: the same people across expression classes, so a "
+                  "classifier learns expression rather than identity. Every label is the labellers' verdict on an "
+                  "edit, not a human annotation; an edit can carry the generator's biases and artefacts, and the "
+                  "identity check is only as good as its embedder."]
+        parts += ["", "## Licence", "", f"`license: {licence['license']}`"
+                  + (f" (from `edit.license: {declared}`)" if declared else " (from the editing model; the source "
+                     "images' licence was not declared: set edit.license)")
+                  + f". The images are edits of the source images made with `{provenance['model']}`: they are bound "
+                  "by the source images' licence, by the model's use terms and by the consent of the people shown; "
+                  "the tool did not verify any of them."]
+        parts += ["", "## Privacy", "", *_edit_privacy_lines(stats, real_faces)]
     else:
         parts += ["", "## Intended use and limitations", "",
                   "Research on facial expression recognition with synthetic training data. Prompted demographic "

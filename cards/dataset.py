@@ -114,7 +114,8 @@ def build_dataset_dict(splits: dict[str, list[Record]], manifest: Manifest, prov
         if not records:
             continue  # an empty split cannot be saved; stats and card show it as 0
         ids = "\n".join(r.sample_id for r in records)
-        origin = provenance["weights_sha256"] if provenance else f"images:{manifest.identity()['images']}"
+        origin = (provenance["weights_sha256"] + (f":{manifest.listing.sha256}" if manifest.edit else "")
+                  if provenance else f"images:{manifest.identity()['images']}")
         fingerprint = hashlib.sha256(f"{name}\n{origin}\n{ids}".encode()).hexdigest()[:16]
 
         def gen(records=records):

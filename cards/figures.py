@@ -50,7 +50,9 @@ def render_figures(stats: dict, splits: dict[str, list[Record]], names, root: Pa
     return save_figures(folder, (("samples", lambda: samples_figure(splits, names, root)),
                                  ("funnel", lambda: funnel_figure(stats)),
                                  ("classes", lambda: classes_figure(stats, names)),
-                                 ("leak_similarity", lambda: leak_figure(stats.get("identity_leak")))))
+                                 ("leak_similarity", lambda: leak_figure(stats.get("identity_leak"))),
+                                 ("identity_similarity", lambda: drift_figure((stats.get("edit") or {}).get(
+                                     "identity")))))
 
 
 def save_figures(folder: Path, figures) -> dict:
@@ -257,25 +259,43 @@ def classes_figure(stats: dict, names):
     return fig
 
 
+def drift_figure(drift: dict | None):
+    """Histogram of every edit's identity similarity to its source, with the drop threshold."""
+    if not drift or not drift.get("measured"):
+        return None
+    return _similarity_figure(drift["histogram"], drift["min_similarity"], "edits",
+                              "cosine similarity of the edit's face to its source's",
+                              "Identity similarity of every edit to its source", f"edits ({drift['measured']:,})",
+                              f"min_similarity {drift['min_similarity']:g} "
+                              f"({drift['dropped'].get('identity_drift', 0):,} below: dropped)")
+
+
 def leak_figure(leak: dict | None):
     """Histogram of every judged face's similarity to its nearest real reference, with the drop threshold."""
+    if not leak or not leak.get("count"):
+        return None
+    return _similarity_figure(leak["histogram"], leak["threshold"], "faces",
+                              "cosine similarity to the nearest real reference face",
+                              "Nearest-reference similarity of every face", f"faces ({leak['count']:,})",
+                              f"threshold {leak['threshold']:.3f} "
+                              f"({leak.get('at_or_above_threshold', 0):,} at or above: dropped)")
+
+
+def _similarity_figure(hist: dict, threshold: float, ylabel: str, xlabel: str, title: str, what: str, line: str):
+    """A similarity histogram (fixed bins over [-1, 1]) with its drop threshold as a dashed line."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    if not leak or not leak.get("count"):
-        return None
-    edges, counts = leak["histogram"]["edges"], leak["histogram"]["counts"]
+    edges, counts = hist["edges"], hist["counts"]
     fig = _new_figure(_snap(3.25))
     ax = fig.add_subplot()
     ax.stairs(counts, edges, fill=True, color=KEPT)
-    ax.axvline(leak["threshold"], color="#e45756", linestyle="--")
+    ax.axvline(threshold, color="#e45756", linestyle="--")
     _count_axis(ax.yaxis)
     ax.set_ylim(0, max(1, max(counts)) * 1.05)
     ax.set_xlim(edges[0], edges[-1])
-    ax.set_xlabel("cosine similarity to the nearest real reference face")
-    ax.set_ylabel("faces")
-    ax.set_title("Nearest-reference similarity of every face", loc="left")
-    _legend_below(fig, [Patch(color=KEPT), Line2D([], [], color="#e45756", linestyle="--")],
-                  [f"faces ({leak['count']:,})", f"threshold {leak['threshold']:.3f} "
-                   f"({leak.get('at_or_above_threshold', 0):,} at or above: dropped)"])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, loc="left")
+    _legend_below(fig, [Patch(color=KEPT), Line2D([], [], color="#e45756", linestyle="--")], [what, line])
     return fig

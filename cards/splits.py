@@ -63,6 +63,26 @@ def assign_splits(records: list[Record], fractions: dict[str, float], seed: int,
     return {name: sorted(recs, key=lambda r: r.index) for name, recs in out.items()}
 
 
+def assign_group_splits(records: list[Record], fractions: dict[str, float], seed: int,
+                        group: str) -> dict[str, list[Record]]:
+    """Split name -> records (sorted by index), whole groups at a time: records with the same
+    ``attributes[group]`` (e.g. the person an edit shows) always land in the same split.
+
+    Groups are placed largest first (ties by a key drawn from (seed, group)), each into the split furthest below
+    its share of ``allocate`` (ties: split order), so split sizes come as close to the fractions as whole groups
+    allow; a split can stay empty when there are fewer groups than splits."""
+    groups: dict[str, list[Record]] = defaultdict(list)
+    for rec in records:
+        groups[rec.attributes.get(group) or rec.sample_id].append(rec)
+    target = allocate(len(records), fractions)
+    names = list(fractions)
+    out: dict[str, list[Record]] = {name: [] for name in fractions}
+    for key in sorted(groups, key=lambda k: (-len(groups[k]), derive_seed(seed, 0, f"split-group/{k}"), k)):
+        best = max(names, key=lambda s: (target[s] - len(out[s]), -names.index(s)))
+        out[best].extend(groups[key])
+    return {name: sorted(recs, key=lambda r: r.index) for name, recs in out.items()}
+
+
 def _stratified_order(members: list[Record], seed: int, by: tuple[str, ...]) -> list[Record]:
     def key(r: Record):
         return derive_seed(seed, r.index, "split"), r.index

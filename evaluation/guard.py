@@ -26,7 +26,7 @@ from builder.core.errors import UserError
 def _models(stats: dict, manifest: dict) -> list[dict]:
     """(role, where, model, sha256) of every model that guided or labelled the build."""
     out = []
-    guidance = stats.get("guidance") or {}
+    guidance = stats.get("guidance") or (stats.get("edit") or {}).get("guidance") or {}  # generated or edited
     if guidance:
         out.append({"role": "guided the generation", "where": "stats.json guidance",
                     "model": guidance.get("classifier"), "sha256": guidance.get("sha256")})

@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 from builder.core.errors import ManifestError, OutputDirError
+from builder.core.listed_images import inside
 from builder.core.records import Record
 from builder.manifest import Listing, Manifest
 from builder.manifest.label_maps import class_index
@@ -37,29 +38,29 @@ def listed(manifest: Manifest, file: str | None = None) -> Manifest:
     if not manifest.needs_listing():
         return manifest
     try:
-        return manifest.with_listing(list_images(manifest.images))
+        return manifest.with_listing(list_images(manifest.collection))
     except ManifestError as exc:
         exc.file = file or exc.file
         raise
 
 
 def list_images(spec) -> Listing:
-    """The listing of an ``ImagesSource``, read from disk now."""
+    """The listing of an ``ImagesSource`` or ``EditSource``, read from disk now."""
     return _list_folder(spec) if spec.folder is not None else _list_dataset(spec)
 
 
-def inside(path: Path, folder: Path) -> bool:
-    """Whether ``path`` resolves to ``folder`` or below it (links followed)."""
-    return Path(path).resolve().is_relative_to(Path(folder).resolve())
+def section(spec) -> str:
+    """The manifest section of a collection: 'images' or 'edit'."""
+    return "edit" if hasattr(spec, "sources_are_synthetic") else "images"
 
 
 def refuse_out_in_source(manifest, out) -> None:
     """Refuse a build folder ``out`` inside the images source's folder: its own files would become source
     images of the next run (a changed listing), and a source folder is not a place to write."""
-    spec = manifest.images
+    spec = manifest.collection
     if spec is None or spec.folder is None or out is None or not inside(Path(out), Path(spec.folder)):
         return
-    raise OutputDirError(f"--out is inside images.folder '{spec.folder}': the build would write its images into "
+    raise OutputDirError(f"--out is inside {section(spec)}.folder '{spec.folder}': the build would write its images into "
                          "the folder it lists, and the next run would list them as sources", file=str(out),
                          fix=f"choose an --out folder that is not inside '{spec.folder}' (or move the images to "
                          "a folder of their own); nothing was written")
@@ -68,14 +69,14 @@ def refuse_out_in_source(manifest, out) -> None:
 def _list_folder(spec) -> Listing:
     root = Path(spec.folder)
     if not root.is_dir():
-        raise ManifestError(f"images.folder '{root}' is not a folder", fix="point images.folder at a folder of face "
+        raise ManifestError(f"{section(spec)}.folder '{root}' is not a folder", fix=f"point {section(spec)}.folder at a folder of face "
                             "images (paths are relative to the directory you run build-dataset from)")
     found, skipped, examples = _walk(root, spec.recursive, spec.follow_links_outside)
     paths = sorted(found)
     if not paths:
         why = f"; skipped: {_summary(skipped, examples)}" if skipped else ""
-        raise ManifestError(f"images.folder '{root}' holds no image ({', '.join(IMAGE_SUFFIXES)}){why}",
-                            fix=_empty_fix(skipped))
+        raise ManifestError(f"{section(spec)}.folder '{root}' holds no image ({', '.join(IMAGE_SUFFIXES)}){why}",
+                            fix=_empty_fix(skipped, section(spec)))
     counts = tuple(sorted(skipped.items()))
     labels = _folder_labels(spec, root, paths)
     digest = hashlib.sha256()
@@ -91,9 +92,10 @@ def _list_folder(spec) -> Listing:
 
 def _folder_labels(spec, root: Path, paths: list[str]) -> tuple[str, ...]:
     """Each listed image's own label: its folder's name, or its row of the labels CSV ('' when it has none)."""
-    if spec.labels == "folder-names":
+    labels = getattr(spec, "labels", "none")  # an edit source has none
+    if labels == "folder-names":
         return tuple(Path(rel).parent.name for rel in paths)
-    if spec.labels == "none":
+    if labels == "none":
         return ()
     import csv
 
@@ -177,12 +179,12 @@ def _summary(skipped: Counter, examples: dict[str, str]) -> str:
     return ", ".join(f"{n} {reason} (e.g. {examples[reason]})" for reason, n in sorted(skipped.items()))
 
 
-def _empty_fix(skipped: Counter) -> str:
+def _empty_fix(skipped: Counter, where: str = "images") -> str:
     fix = "put the images there"
     if skipped.get("subfolder"):
-        fix += ", or set images.recursive: true"
+        fix += f", or set {where}.recursive: true"
     if skipped.get("link_outside_folder"):
-        fix += ", or set images.follow_links_outside: true to read the files its links point to outside it"
+        fix += f", or set {where}.follow_links_outside: true to read the files its links point to outside it"
     if skipped.get("unsupported_format"):
         fix += f"; convert other formats to one of {', '.join(IMAGE_SUFFIXES)}"
     return fix
@@ -192,16 +194,24 @@ def open_dataset(spec):
     """The dataset split of an ``ImagesSource`` (memory-mapped), checked for the image column."""
     from builder.core.saved_datasets import open_split
 
-    return open_split(spec.dataset, spec.split, {"image_column": spec.image_column}, "images", error=ManifestError)
+    return open_split(spec.dataset, spec.split, {"image_column": spec.image_column}, section(spec),
+                      error=ManifestError)
 
 
 def _list_dataset(spec) -> Listing:
     ds = open_dataset(spec)
     if len(ds) == 0:
-        raise ManifestError(f"images.dataset '{spec.dataset}' has no rows", fix="give a dataset with images")
+        raise ManifestError(f"{section(spec)}.dataset '{spec.dataset}' has no rows", fix="give a dataset with images")
     ident = {"fingerprint": ds._fingerprint, "rows": len(ds), "split": spec.split, "column": spec.image_column}
-    labels = ()
-    if spec.labels != "none":
+    labels = people = ()
+    person = getattr(getattr(spec, "source_identity", None), "column", None)
+    if person is not None:
+        if person not in ds.column_names:
+            raise ManifestError(f"edit.source_identity.column '{person}' is not a column of edit.dataset "
+                                f"'{spec.dataset}'", fix=f"use one of: {', '.join(ds.column_names)}")
+        people = tuple("" if v is None else str(v) for v in ds[person])
+        ident["people"] = hashlib.sha256("\n".join(people).encode()).hexdigest()
+    if getattr(spec, "labels", "none") != "none":
         column = spec.labels.column
         if column not in ds.column_names:
             raise ManifestError(f"images.labels.column '{column}' is not a column of images.dataset '{spec.dataset}'",
@@ -212,7 +222,7 @@ def _list_dataset(spec) -> Listing:
                        for v in ds[column])
         ident["labels"] = hashlib.sha256("\n".join(labels).encode()).hexdigest()
     return Listing("dataset", str(spec.dataset), len(ds), hashlib.sha256(json.dumps(ident).encode()).hexdigest(),
-                   labels=labels)
+                   labels=labels, people=people)
 
 
 def image_specs(manifest, indices: range) -> list[Record]:

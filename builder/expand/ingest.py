@@ -21,14 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.core.errors import storage_error
-from builder.core.images import CorruptImage, kept_suffix, read_checked, to_rgb8
+from builder.core.images import CorruptImage, kept_suffix, to_rgb8
+from builder.core.listed_images import OutsideFolder, read_entry, row_image, undecoded
 from builder.core.records import Drop, Record
 from builder.core.stage import Column, ShardContext, Stage
-from builder.expand.images import inside
-
-
-class _Outside(Exception):
-    """A listed path that now resolves outside ``images.folder``."""
 
 
 @dataclass
@@ -61,7 +57,7 @@ class IngestStage(Stage):
         from builder.expand.images import open_dataset
 
         if self.spec.dataset is not None:
-            self.dataset = _undecoded(open_dataset(self.spec), self.spec.image_column)
+            self.dataset = undecoded(open_dataset(self.spec), self.spec.image_column)
 
     def meta(self) -> dict:
         listing = self.listing
@@ -82,7 +78,7 @@ class IngestStage(Stage):
                 source = self._read(record)
             except FileNotFoundError as exc:
                 record.drop = Drop(self.name, "missing_image", f"{exc.filename or record.source} is gone")
-            except _Outside as exc:
+            except OutsideFolder as exc:
                 record.drop = Drop(self.name, "link_outside_folder", str(exc))
             except CorruptImage as exc:
                 record.drop = Drop(self.name, "corrupt_image", str(exc))
@@ -95,26 +91,14 @@ class IngestStage(Stage):
     def _read(self, record: Record) -> _Source:
         """Read and decode the record's source image (every failure here is the sample's)."""
         if self.dataset is not None:
-            rgb = to_rgb8(self._row_image(int(record.source)))
+            rgb = to_rgb8(row_image(self.dataset, int(record.source), self.spec.image_column))
             return _Source(rgb.width, rgb.height, rgb=rgb)
-        path = Path(self.listing.root) / record.source
-        if not self.spec.follow_links_outside and not inside(path, self.listing.root):
-            raise _Outside(f"{record.source} now resolves to {path.resolve()}, outside images.folder")
-        data = path.read_bytes()
-        image = read_checked(data)
-        suffix = kept_suffix(image, data, path.suffix)
+        image, data = read_entry(self.listing.root, record.source, self.spec.follow_links_outside, "images.folder")
+        suffix = kept_suffix(image, data, Path(record.source).suffix)
         if suffix is not None:
             return _Source(image.width, image.height, data=data, suffix=suffix)
         rgb = to_rgb8(image)
         return _Source(rgb.width, rgb.height, rgb=rgb)
-
-    def _row_image(self, row: int):
-        """Row ``row``'s image (its encoded bytes, or the file its path names, as ``datasets`` would read it),
-        decoded and checked like a file."""
-        value = self.dataset[row][self.spec.image_column]
-        if isinstance(value, dict) and (value.get("bytes") or value.get("path")):
-            return read_checked(value["bytes"] or Path(value["path"]).read_bytes())
-        raise TypeError(f"row {row} holds {type(value).__name__}, not an image")
 
     @staticmethod
     def _store(record: Record, ctx: ShardContext, source: _Source) -> None:
@@ -133,11 +117,3 @@ class IngestStage(Stage):
         record.image = stored
         record.scores.update(width=float(source.width), height=float(source.height))
 
-
-def _undecoded(dataset, column: str):
-    """``dataset`` with its Image column left encoded ({bytes, path}), so rows are checked like files; another
-    column type is left as is (its rows are not images: ``unreadable_image``)."""
-    from datasets import Image
-
-    feature = dataset.features[column]
-    return dataset.cast_column(column, Image(decode=False)) if isinstance(feature, Image) else dataset

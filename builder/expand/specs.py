@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 from builder.core.records import Record
 from builder.core.seeding import SampleRng, derive_seed
+from builder.expand.aus import draw_aus
 from builder.manifest import Manifest
-from builder.manifest.au_sets import AU_MAX, AU_MIN
 from builder.manifest.label_maps import expression_text
 from builder.manifest.templates import au_cues, render_prompt
 
@@ -42,14 +42,7 @@ def make_spec(manifest: Manifest, index: int, label: int) -> Record:
     """The spec of sample ``index`` whose class is ``label``."""
     label_name = manifest.labels.names[label]
     prompts = manifest.prompts
-    au_rng = SampleRng(manifest.seed, index, "au")
-    targets = manifest.aus.intensity.get(label_name, {})
-    au = []
-    for name in manifest.aus.names:
-        value = targets.get(name, 0.0)
-        if name in targets and manifest.aus.jitter > 0:
-            value = min(AU_MAX, max(AU_MIN, value + au_rng.gauss(manifest.aus.jitter)))
-        au.append(round(value, 4))
+    au = draw_aus(manifest, index, label_name)
 
     template, attributes = draw_prompt(manifest, index)
     expression = prompts.expression_text.get(label_name) or expression_text(label_name)
@@ -81,7 +74,11 @@ def iter_specs(manifest: Manifest, indices: range | None = None, classes: list[i
 
 
 def shard_specs(manifest: Manifest, shard: int, shard_size: int | None = None) -> list[Record]:
-    """Specs of one shard (listed images, with an ``images`` source)."""
+    """Specs of one shard (listed images, with an ``images`` source; sources x targets with an ``edit`` source)."""
+    if manifest.edit is not None:
+        from builder.expand.edit_specs import edit_specs
+
+        return edit_specs(manifest, shard_bounds(manifest, shard, shard_size))
     if manifest.images is not None:
         from builder.expand.images import image_specs
 

@@ -1,7 +1,7 @@
 """The synthesis manifest: what to make, validated with pydantic v2; pure data, no disk I/O.
 
 One module per section (``prompts``, ``labels`` with ``aus``, ``generation``, ``labelling``, ``curation``,
-``images``, ``output``) and the root (``root.Manifest``: cross-section rules and the build's identity). Every
+``images``, ``edit``, ``output``) and the root (``root.Manifest``: cross-section rules and the build's identity). Every
 field is described (the descriptions feed ``manifests/schema.json`` and the fixes in error messages); unknown
 keys are rejected. Cross-field rules raise errors with a ``fix`` the reader (``builder.core.config``) shows.
 A field added after builds existed is marked ``Annotated[type, ADDED_LATER]`` and stays out of the identity
@@ -33,6 +33,7 @@ from builder.manifest.curation import (
     IdentityLeak,
     Integrity,
 )
+from builder.manifest.edit import EditSource, IdentityCheck, IdentityColumn, Injection
 from builder.manifest.generation import (
     AUAdapterSpec,
     Generator,
@@ -41,7 +42,7 @@ from builder.manifest.generation import (
     LoRASpec,
     Speed,
 )
-from builder.manifest.images import ImagesSource, SourceLabels
+from builder.manifest.images import ImageCollection, ImagesSource, SourceLabels
 from builder.manifest.labelling import (
     FERANNO_NAME,
     ExpertSpec,
@@ -57,8 +58,8 @@ from builder.manifest.root import NOT_IDENTITY, Manifest
 
 __all__ = [
     "ADDED_LATER", "AUDetection", "Annotate", "CaptionChecks", "Captions", "Crop", "SourceLabels", "Upscale", "BUILTIN_TINY_MODEL", "FERANNO_NAME", "NOT_IDENTITY", "RESERVED_COLUMNS", "AUAdapterSpec",
-    "AUCues", "ActionUnits", "AddedLater", "Axis", "Balance", "Curation", "Dedupe", "Enrich", "ExpertSpec",
-    "FERAnnoSpec", "FaceCrop", "FaceEmbedder", "FaceQuality", "Generator", "Guidance", "Identities",
+    "AUCues", "ActionUnits", "AddedLater", "Axis", "Balance", "Curation", "Dedupe", "EditSource", "Enrich", "ExpertSpec",
+    "FERAnnoSpec", "FaceCrop", "FaceEmbedder", "FaceQuality", "Generator", "Guidance", "Identities", "IdentityCheck", "IdentityColumn", "ImageCollection", "Injection",
     "IdentityLeak", "ImagesSource", "Integrity", "Labelling", "Labels", "Layout", "Listing", "LoRASpec", "Manifest", "Output",
     "Prompts", "Speed", "Strict", "added_later_fields", "fail",
 ]

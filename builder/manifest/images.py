@@ -24,8 +24,8 @@ class SourceLabels(Strict):
         return self
 
 
-class ImagesSource(Strict):
-    """Label an existing collection of face images instead of generating them (SyntFER's pseudo-labelling)."""
+class ImageCollection(Strict):
+    """A collection of existing face images: a folder or a saved dataset (the images and edit sources)."""
 
     folder: str | None = Field(default=None, min_length=1, description="Folder of images (png, jpg, jpeg, webp, "
                                "bmp, gif, tif, tiff), read in sorted path order; hidden files and folders, other "
@@ -33,13 +33,25 @@ class ImagesSource(Strict):
     recursive: bool = Field(default=True, description="With folder: include images in sub-folders.")
     follow_links_outside: Annotated[bool, ADDED_LATER] = Field(
         default=False, description="With folder: also read symbolic links that resolve outside the folder. By "
-        "default they are skipped (counted as link_outside_folder), so no file outside images.folder is read.")
+        "default they are skipped (counted as link_outside_folder), so no file outside the folder is read.")
     dataset: str | None = Field(default=None, min_length=1, description="A Hugging Face dataset saved with "
                                 "save_to_disk (a Dataset or a DatasetDict), instead of folder.")
     split: str = Field(default="train", min_length=1, description="With dataset: the split to read from a "
                        "DatasetDict.")
     image_column: str = Field(default="image", min_length=1, description="With dataset: the column holding the "
                               "images.")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.folder is None) == (self.dataset is None):
+            raise fail("images_source", "needs exactly one of 'folder' and 'dataset'",
+                        "give 'folder: PATH' (a folder of images) or 'dataset: PATH' (a save_to_disk folder)")
+        return self
+
+
+class ImagesSource(ImageCollection):
+    """Label an existing collection of face images instead of generating them (SyntFER's pseudo-labelling)."""
+
     labels: Annotated[Literal["none", "folder-names"] | SourceLabels, ADDED_LATER] = Field(
         default="none", description="The images' own expression labels, kept as each image's class: 'folder-names' "
         "(the name of the folder an image is in, e.g. happy/001.jpg), {csv: FILE} (rows of file,label; paths "
@@ -56,10 +68,7 @@ class ImagesSource(Strict):
     )
 
     @model_validator(mode="after")
-    def _one_source(self) -> ImagesSource:
-        if (self.folder is None) == (self.dataset is None):
-            raise fail("images_source", "needs exactly one of 'folder' and 'dataset'",
-                        "give 'folder: PATH' (a folder of images) or 'dataset: PATH' (a save_to_disk folder)")
+    def _labels_fit(self) -> ImagesSource:
         labels = self.labels
         if labels == "folder-names" and self.folder is None:
             raise fail("source_labels", "'folder-names' needs a folder source", "use labels: {{column: NAME}} with a "

@@ -21,6 +21,7 @@ class Listing:
     paths: tuple[str, ...] = ()
     skipped: tuple[tuple[str, int], ...] = ()
     labels: tuple[str, ...] = ()  # the images' own label per entry, as written ('' for none), when given
+    people: tuple[str, ...] = ()  # an edit source's person id per entry, when a dataset column gives them
 
     def label(self, index: int) -> str | None:
         """The raw label of entry ``index`` ('' when the source gives it none), or None when the source has no

@@ -9,6 +9,7 @@ from builder.core.config import Strict, fail
 from builder.manifest.annotate import Annotate
 from builder.manifest.common import ADDED_LATER, strip_added_later
 from builder.manifest.curation import Curation
+from builder.manifest.edit import EditSource
 from builder.manifest.generation import Generator
 from builder.manifest.images import ImagesSource
 from builder.manifest.labelling import Labelling
@@ -41,11 +42,15 @@ class Manifest(Strict):
         default=None, description="Label an existing image collection instead of generating: the images go "
         "through ingest, the same curation and the labellers, and get the labellers' classes. Replaces "
         "generator, prompts and labels.counts; needs labelling.")
+    edit: Annotated[EditSource | None, ADDED_LATER] = Field(
+        default=None, description="Edit the expression of existing faces instead of generating from noise: every "
+        "source image edited to every target class with the generator, identity kept and checked, splits grouped "
+        "by person. Replaces prompts and labels.counts; needs generator and labelling.")
     prompts: Prompts | None = Field(default=None, description="Prompt templates and axes (required when "
                                     "generating).")
     aus: ActionUnits = Field(default_factory=ActionUnits, description="Action unit targets per class.")
     generator: Generator | None = Field(default=None, description="Diffusion model and sampling settings "
-                                        "(required when generating).")
+                                        "(required when generating or editing).")
     annotate: Annotated[Annotate | None, ADDED_LATER] = Field(
         default=None, description="Turn an images source into generator training pairs: aligned crops, small "
         "faces super-resolved, AU intensities and captions (needs images and images.license).")
@@ -62,7 +67,44 @@ class Manifest(Strict):
         return self
 
     @model_validator(mode="after")
+    def _edit_sections(self) -> Manifest:
+        edit = self.edit
+        if edit is None:
+            return self
+        if self.images is not None:
+            raise fail("edit_conflict", "is not used with an 'edit' source", "keep one source: 'images' labels "
+                       "existing images, 'edit' changes their expressions", at="images")
+        for key, value, why in (("prompts", self.prompts, "edit.prompt is the target prompt"),
+                                ("labels.counts", self.labels.counts, "every source is edited to every target"),
+                                ("generator.layout", self.generator and self.generator.layout,
+                                 "the source image is the layout")):
+            if value is not None:
+                raise fail("edit_conflict", "is not used with an 'edit' source", "remove '{key}': {why}", at=key,
+                           key=key, why=why)
+        if self.generator is None:
+            raise fail("missing", "required field is missing", "add 'generator': the model that edits the faces "
+                       "(see manifests/edit-demo.yaml)", at="generator")
+        if self.generator.guidance is not None and self.generator.guidance.wrt != "text":
+            raise fail("edit_conflict", "edits are guided through the text conditioning only",
+                       "set generator.guidance.wrt: text (or remove guidance)", at="generator.guidance.wrt")
+        if self.generator.scheduler not in ("default", "ddim"):
+            raise fail("edit_scheduler", "edits invert and denoise with DDIM, not '{scheduler}'",
+                       "remove generator.scheduler or set it to ddim", at="generator.scheduler",
+                       scheduler=self.generator.scheduler)
+        if self.labelling is None:
+            raise fail("labelling_required", "required field is missing", "add a 'labelling' section: the labellers "
+                       "check that each edit shows its target expression (confirm, relabel or reject)", at="labelling")
+        for name in edit.targets or ():
+            if name not in self.labels.names:
+                raise fail("unknown_label", "'{name}' is not a class of label map {label_map}",
+                           "use one of: " + ", ".join(self.labels.names), at="edit.targets", name=name,
+                           label_map=self.labels.label_map)
+        return self
+
+    @model_validator(mode="after")
     def _source_sections(self) -> Manifest:
+        if self.edit is not None:
+            return self
         if self.images is None:
             for key, value in (("generator", self.generator), ("prompts", self.prompts)):
                 if value is None:
@@ -130,16 +172,27 @@ class Manifest(Strict):
         return self
 
     @property
+    def collection(self) -> ImagesSource | EditSource | None:
+        """The existing images a build reads: the 'images' or the 'edit' source (None when generating)."""
+        return self.images if self.images is not None else self.edit
+
+    @property
     def listing(self) -> Listing | None:
-        """The images of the 'images' source (None when generating), attached by ``with_listing``: the manifest
-        itself reads no disk."""
-        if self.images is not None and self._listing is None:
+        """The images of the 'images' or 'edit' source (None when generating), attached by ``with_listing``: the
+        manifest itself reads no disk."""
+        if self.collection is not None and self._listing is None:
             raise RuntimeError("the images source has not been listed: use builder.expand.images.listed(manifest)")
         return self._listing
 
     def needs_listing(self) -> bool:
-        """True for an images source whose listing is not attached yet."""
-        return self.images is not None and self._listing is None
+        """True for an images or edit source whose listing is not attached yet."""
+        return self.collection is not None and self._listing is None
+
+    @property
+    def edit_targets(self) -> tuple[int, ...]:
+        """With an 'edit' source: the label indices every source is edited to, in order."""
+        names = self.labels.names
+        return tuple(names.index(n) for n in self.edit.targets) if self.edit.targets else tuple(range(len(names)))
 
     def with_listing(self, listing: Listing) -> Manifest:
         """A copy of this manifest that knows its images source's listing."""
@@ -152,10 +205,16 @@ class Manifest(Strict):
         """Samples in the run: the requested counts, or the images an 'images' source lists."""
         if self.images is not None:
             return self.listing.count
+        if self.edit is not None:
+            return self.listing.count * len(self.edit_targets)
         return sum(self.labels.per_class().values())
 
     def sample_id(self, index: int) -> str:
-        """The id of sample ``index``: the dataset name and the zero-padded index."""
+        """The id of sample ``index``: the dataset name and the zero-padded index; with an 'edit' source, the
+        dataset name, the source's zero-padded position in the listing and the target class."""
+        if self.edit is not None:
+            targets = self.edit_targets
+            return f"{self.name}-{index // len(targets):07d}-{self.labels.names[targets[index % len(targets)]]}"
         return f"{self.name}-{index:07d}"
 
     def num_shards(self, shard_size: int | None = None) -> int:
@@ -178,4 +237,6 @@ class Manifest(Strict):
             del data["images"]  # generation manifests keep the fingerprints they had before images sources
         else:
             data["images"]["listing_sha256"] = self.listing.sha256
+        if self.edit is not None:
+            data["edit"]["listing_sha256"] = self.listing.sha256
         return data

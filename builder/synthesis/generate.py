@@ -122,23 +122,12 @@ class GenerateStage(Stage):
         return ["fuse_lora"] if fuse and not spec.fuse_lora else []
 
     def _setup_guide(self) -> None:
-        from builder.models.fer import align_labels
-        from builder.models.store import load_fer_classifier, model_sha256
+        from builder.synthesis.guidance import load_guide
 
-        g = self.spec.guidance
-        self.guide = load_fer_classifier(g.classifier, trust_remote_code=self.trust_remote_code).to(
-            self.pipe.unet.device)
-        indices, missing = align_labels(self.guide.labels, self.label_names)
-        self.guide_targets = dict(enumerate(indices))
-        self.guide_provenance = {"classifier": g.classifier, "sha256": model_sha256(g.classifier),
-                                 "labels": list(self.guide.labels), "unguided_classes": list(missing),
-                                 "scale": g.scale, "wrt": g.wrt, "start_step": g.start_step,
-                                 "end_step": g.end_step if g.end_step is not None else self.spec.steps}
-        if g.decoder is not None:
-            from builder.synthesis.guide_decoder import load_guide_decoder
-
-            self.guide_decoder, decoder_provenance = load_guide_decoder(g.decoder, self.pipe)
-            self.guide_provenance.update(decoder_provenance)
+        self.guide, self.guide_targets, self.guide_decoder, self.guide_provenance = load_guide(
+            self.spec.guidance, self.pipe, self.label_names, self.trust_remote_code)
+        if self.guide_provenance["end_step"] is None:
+            self.guide_provenance["end_step"] = self.spec.steps
 
     def meta(self) -> dict:
         if self.provenance is None:

@@ -115,3 +115,23 @@ def guided_sample(pipe, cond: torch.Tensor, uncond: torch.Tensor | None, generat
             on_step(i)
     with torch.no_grad():
         return decode(pipe, latents).float().permute(0, 2, 3, 1).cpu()
+
+
+def load_guide(spec, pipe, label_names, trust_remote_code: bool = False):
+    """(guide classifier on the UNet's device, class index -> the guide's class index or None, the guide decoder or
+    None, provenance) for a manifest's ``generator.guidance`` ``spec``; the generation and edit stages share it."""
+    from builder.models.fer import align_labels
+    from builder.models.store import load_fer_classifier, model_sha256
+
+    guide = load_fer_classifier(spec.classifier, trust_remote_code=trust_remote_code).to(pipe.unet.device)
+    indices, missing = align_labels(guide.labels, tuple(label_names))
+    provenance = {"classifier": spec.classifier, "sha256": model_sha256(spec.classifier), "labels": list(guide.labels),
+                  "unguided_classes": list(missing), "scale": spec.scale, "wrt": spec.wrt,
+                  "start_step": spec.start_step, "end_step": spec.end_step}
+    decoder = None
+    if spec.decoder is not None:
+        from builder.synthesis.guide_decoder import load_guide_decoder
+
+        decoder, decoder_provenance = load_guide_decoder(spec.decoder, pipe)
+        provenance.update(decoder_provenance)
+    return guide, dict(enumerate(indices)), decoder, provenance

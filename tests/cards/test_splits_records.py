@@ -81,3 +81,20 @@ def test_records_refuse_nan_scores():
     r.scores["x"] = math.nan
     with pytest.raises(ValueError):
         r.to_json()
+
+
+def test_group_splits_never_split_a_group_and_come_close_to_the_fractions():
+    from builder.core.records import Record
+    from cards.splits import assign_group_splits
+
+    records = [Record(sample_id=f"s-{i}", index=i, label=i % 7, label_name="", au=[], prompt="", negative_prompt="",
+                      seed=0, attributes={"source_identity": f"person-{i // 7}"}) for i in range(7 * 20)]
+    fractions = {"train": 0.7, "validation": 0.15, "test": 0.15}
+    splits = assign_group_splits(records, fractions, seed=3, group="source_identity")
+    where = {}
+    for split, recs in splits.items():
+        for r in recs:
+            assert where.setdefault(r.attributes["source_identity"], split) == split
+    assert {s: len(r) for s, r in splits.items()} == {"train": 98, "validation": 21, "test": 21}
+    assert assign_group_splits(list(reversed(records)), fractions, 3, "source_identity") == splits
+    assert assign_group_splits(records, fractions, 4, "source_identity") != splits, "the seed decides"

@@ -86,7 +86,7 @@ def test_fields_added_later_leave_old_fingerprints_alone(demo_data):
         ("annotate",),
         ("curation", "dedupe", "embedding_similarity"), ("curation", "dedupe", "reference"), ("curation", "embedder"),
         ("curation", "faces", "detector"), ("curation", "faces", "detector_model"), ("curation", "faces", "detector_size"),
-        ("curation", "identities"), ("generator", "fuse_lora"), ("generator", "guidance", "decoder"), ("generator", "lora"),
+        ("curation", "identities"), ("edit",), ("edit", "follow_links_outside"), ("generator", "fuse_lora"), ("generator", "guidance", "decoder"), ("generator", "lora"),
         ("images", "follow_links_outside"), ("images", "labels"),
         ("images", "license"),
         ("labelling", "feranno", "dtype")]
@@ -109,7 +109,7 @@ def test_yaml_is_loaded_safely(tmp_path, capsys):
 
 @pytest.mark.parametrize("path", sorted(DEMO.parent.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_manifests_validate(path, tmp_path, monkeypatch):
-    if "images" in yaml.safe_load(path.read_text()):  # reads its photos from out/faces (`make faces`)
+    if {"images", "edit"} & set(yaml.safe_load(path.read_text())):  # reads its photos from out/faces (`make faces`)
         from builder.example_faces import write_example_faces
 
         monkeypatch.chdir(tmp_path)
