@@ -8,6 +8,9 @@
     result = api.build(manifest, "out/demo")             # resumes when run again
     stats = api.release("out/demo", decisions="review.json")
     api.evaluate("out/demo", api.LabelledSet("real/test"), epochs=6)
+    api.fidelity("out/demo", api.LabelledSet("real/test"), encoder="facebook/dinov2-base")
+    api.audit("out/demo", {"age": "nateraw/vit-age-classifier"}, maps=["age:young=10-19,20-29"])
+    api.report("out/demo")                               # OUT/report/report.json and report.md
     api.push("out/demo", "me/fer-demo", dry_run=True)
 
 Bad input raises ``builder.core.errors.UserError`` (``exc.render()`` is the message the CLI prints: the file,
@@ -24,14 +27,15 @@ from builder.core.log import info
 from builder.core.options import RunOptions
 from builder.manifest import Manifest
 from builder.run import BuildResult
+from evaluation.encoders import DEFAULT_ENCODER
 from evaluation.run import DEFAULT_BACKBONE, Evaluation, LabelledSet
 
 if TYPE_CHECKING:
     from cards.push import PushResult
 
-__all__ = ["BuildResult", "Evaluation", "LabelledSet", "build", "evaluate", "fetch_model", "index_reference",
-           "load", "models", "plan", "push", "release", "review", "status", "train_au_adapter", "train_feranno",
-           "train_generator", "validate"]
+__all__ = ["BuildResult", "Evaluation", "LabelledSet", "audit", "build", "evaluate", "fetch_model", "fidelity",
+           "index_reference", "load", "models", "plan", "push", "release", "report", "review", "status",
+           "train_au_adapter", "train_feranno", "train_generator", "validate"]
 
 Log = Callable[[str], None]
 
@@ -142,19 +146,121 @@ def evaluate(out: str | Path, test: LabelledSet | str | Path, *, train_real: Lab
              mix: float | None = None, backbone: str = DEFAULT_BACKBONE, log: Log = info, **settings) -> dict:
     """Train a classifier on the release in ``out`` and test it on the real labelled set ``test``; returns the
     result written to ``OUT/eval/<name>.json`` and updates the card's Evaluation section. ``settings``: the
-    other fields of ``evaluation.run.Evaluation`` (mode, epochs, batch_size, lr, ..., force, name)."""
+    other fields of ``evaluation.run.Evaluation`` (mode, epochs, batch_size, lr, ..., force, name).
+
+    Sweeps (``evaluation.sweep``): ``test`` a list of sets (a matrix over test sets), ``sizes`` ('1000,5000' or
+    numbers: scaling on nested class-balanced subsets), ``synthetic_ratios`` (with ``train_real``: real plus
+    ratio x |real| synthetic images), ``seeds`` (each point repeated); the combined result goes to
+    ``OUT/eval/<name>.json`` (kind ``fer-synth-evaluation-sweep``); the report and the card's headline show its
+    summary."""
     from builder.core.build_folder import lock_build_folder
     from builder.core.extras import require_extra
     from cards.evaluation_section import update_card, write_fragment
     from evaluation.run import evaluate as run_evaluation
+    from evaluation.run import numbers
+    from evaluation.sweep import evaluate_sweep
 
     require_extra("eval", "sklearn")
     out = Path(out)
     as_set = (lambda s: s if isinstance(s, LabelledSet) or s is None else LabelledSet(Path(s)))
-    result = run_evaluation(Evaluation(out=out, test=as_set(test), train_real=as_set(train_real), mix=mix,
-                                       backbone=backbone, **settings))
+    tests = [as_set(t) for t in test] if isinstance(test, (list, tuple)) else [as_set(test)]
+    if not tests:
+        from builder.core.errors import UserError
+
+        raise UserError("no test set given", fix="give at least one --test PATH")
+    for key, flag, kind in (("sizes", "--sizes", float), ("seeds", "--seeds", int),
+                            ("synthetic_ratios", "--synthetic-ratios", float)):
+        if key in settings:
+            settings[key] = numbers(settings[key], flag, kind)
+    args = Evaluation(out=out, test=tests[0], more_tests=tuple(tests[1:]), train_real=as_set(train_real), mix=mix,
+                      backbone=backbone, **settings)
+    if args.is_sweep:
+        result = evaluate_sweep(args)
+        _report_and_card(out)  # the report (and the card's headline) shows the sweep's summary
+        return result
+    result = run_evaluation(args)
     with lock_build_folder(out):
         write_fragment(out, result)
+        _refresh_report(out)
+        update_card(out)
+    return result
+
+
+def fidelity(out: str | Path, reference: LabelledSet | str | Path, *, encoder: str = DEFAULT_ENCODER,
+             log: Log = info, **settings) -> dict:
+    """Frechet distance, KID and within-class diversity between the release in ``out`` and the real labelled set
+    ``reference`` in the feature space of ``encoder`` (a Hub id or save_pretrained folder), overall and per class;
+    returns the result written to ``OUT/fidelity/fidelity.json``. ``settings``: the other fields of
+    ``evaluation.fidelity.Fidelity`` (splits, batch_size, device, kid_subsets, kid_subset_size, min_class_samples,
+    diversity, seed, progress)."""
+    from builder.core.extras import require_extra
+    from evaluation.fidelity import Fidelity
+    from evaluation.fidelity import fidelity as run_fidelity
+
+    require_extra("eval", "torchmetrics")
+    reference = reference if isinstance(reference, LabelledSet) else LabelledSet(Path(reference))
+    if "splits" in settings:
+        settings["splits"] = tuple(settings["splits"] or ())
+    result = run_fidelity(Fidelity(out=Path(out), reference=reference, encoder=encoder, **settings), log=log)
+    _report_and_card(Path(out))
+    return result
+
+
+def audit(out: str | Path, classifiers: str | list[str] | tuple[str, ...] | dict[str, str], *,
+          maps: list[str] | tuple[str, ...] | dict[str, dict[str, list[str]]] = (), whole_image: bool = False,
+          log: Log = info, **settings) -> dict:
+    """Demographic audit: attribute classifiers (transformers image-classification models, a Hub id or
+    save_pretrained folder each; ``{'age': PATH}`` or ``['age=PATH', ...]``) predict each released image's group,
+    compared with the prompted attribute values (``maps``: ``['age:young=0-2,3-9']`` or ``{'age': {'young':
+    ['0-2', '3-9']}}``; default: same or canonical names). Returns the result written to ``OUT/eval/audit.json``
+    (agreement, total variation distance, distributions overall, per split and per class) and refreshes the
+    report and the card. ``settings``: the other fields of ``evaluation.audit.Audit`` (splits, revision,
+    batch_size, device, progress, command)."""
+    from evaluation.audit import Audit
+    from evaluation.audit import audit as run_audit
+
+    if isinstance(classifiers, dict):
+        classifiers = [f"{attribute}={model}" for attribute, model in classifiers.items()]
+    elif isinstance(classifiers, (str, Path)):
+        classifiers = [str(classifiers)]
+    if isinstance(maps, dict):
+        maps = [f"{attribute}:{value}={','.join(labels)}" for attribute, values in maps.items()
+                for value, labels in values.items()]
+    if "splits" in settings:
+        settings["splits"] = tuple(settings["splits"] or ())
+    result = run_audit(Audit(out=Path(out), classifiers=tuple(str(c) for c in classifiers), maps=tuple(maps),
+                             faces="whole" if whole_image else "crop", **settings), log=log)
+    _report_and_card(Path(out))
+    return result
+
+
+def report(out: str | Path) -> dict:
+    """Gather what ``out`` holds (evaluation results and other JSONs in ``OUT/eval/``, ``OUT/fidelity/fidelity.json``,
+    ``OUT/eval/audit.json``) into ``OUT/report/report.json`` and ``report.md`` and put its headline in the card;
+    returns the report (``cards.report``)."""
+    from builder.core.errors import UserError
+
+    out = Path(out)
+    if not (out / "build.json").is_file():
+        raise UserError(f"'{out}' holds no build (no build.json)", file=str(out),
+                        fix="give the --out folder of a build made with `build-dataset MANIFEST --out OUT`")
+    return _report_and_card(out)
+
+
+def _refresh_report(out: Path) -> dict:
+    """Rewrite ``OUT/report/`` (reads JSON files only; the caller holds the build folder's lock)."""
+    from cards.report import write_report
+
+    return write_report(Path(out))
+
+
+def _report_and_card(out: Path) -> dict:
+    """The report rewritten and the card's Evaluation section (with the report's headline) updated, under the lock."""
+    from builder.core.build_folder import lock_build_folder
+    from cards.evaluation_section import update_card
+
+    with lock_build_folder(out):
+        result = _refresh_report(out)
         update_card(out)
     return result
 

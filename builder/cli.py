@@ -334,22 +334,36 @@ def push(out: Path, repo_id: str, private: bool, dry_run: bool, revision: str | 
     return 0
 
 
-def _set_options(flag: str, role: str, split: str):
+def _set_options(flag: str, role: str, split: str, repeatable: bool = False):
+    """``FLAG PATH`` and its ``FLAG-split``, ``-image-column``, ``-label-column``, ``-label-map``, ``-label-base``.
+    ``repeatable``: every option may repeat (tuples; ``_per_set`` pairs them with the sets)."""
+    many = {"multiple": True} if repeatable else {}
+    each = " (repeatable: once for every set, or once per set in their order)" if repeatable else ""
+
+    def default(value):
+        return {"default": (), "help_default": f" (default: {value})"} if repeatable else \
+            {"default": value, "show_default": True, "help_default": ""}
+
     def add(fn):
         name = flag.lstrip("-").replace("-", "_")
+        image, label = default("image"), default("label")
         for option in reversed((
-            click.option(flag, name, type=PATH, required=flag == "--test", metavar="PATH",
-                         help=f"{role}: a dataset saved with save_to_disk, or an image folder class_name/*.jpg"),
-            click.option(f"{flag}-split", f"{name}_split", help=f"split of a saved DatasetDict (default: {split})"),
-            click.option(f"{flag}-image-column", f"{name}_image_column", default="image", show_default=True,
-                         help="image column"),
-            click.option(f"{flag}-label-column", f"{name}_label_column", default="label", show_default=True,
-                         help="label column"),
-            click.option(f"{flag}-label-map", f"{name}_label_map", metavar="MAP",
+            click.option(flag, name, type=PATH, required=flag in ("--test", "--reference"), metavar="PATH", **many,
+                         help=f"{role}: a dataset saved with save_to_disk, or an image folder class_name/*.jpg"
+                         + ("; repeatable: several test sets give a matrix (training configuration x test set), "
+                            "each set's options below pair with it by order" if repeatable else "")),
+            click.option(f"{flag}-split", f"{name}_split", **many,
+                         help=f"split of a saved DatasetDict (default: {split}){each}"),
+            click.option(f"{flag}-image-column", f"{name}_image_column", **many,
+                         help=f"image column{image.pop('help_default')}{each}", **image),
+            click.option(f"{flag}-label-column", f"{name}_label_column", **many,
+                         help=f"label column{label.pop('help_default')}{each}", **label),
+            click.option(f"{flag}-label-map", f"{name}_label_map", metavar="MAP", **many,
                          help="class order of integer labels or numbered class folders: affectnet7, affectnet8, "
-                         "rafdb, fer2013, or names separated by commas (default: the ClassLabel / folder names)"),
-            click.option(f"{flag}-label-base", f"{name}_label_base", type=click.IntRange(0, 1), default=0,
-                         help="1 when those integers count from 1 (RAF-DB's files)"),
+                         f"rafdb, fer2013, or names separated by commas (default: the ClassLabel / folder names){each}"),
+            click.option(f"{flag}-label-base", f"{name}_label_base", type=click.IntRange(0, 1), **many,
+                         **({"default": ()} if repeatable else {"default": 0}),
+                         help=f"1 when those integers count from 1 (RAF-DB's files){each}"),
         )):
             fn = option(fn)
         return fn
@@ -357,13 +371,34 @@ def _set_options(flag: str, role: str, split: str):
     return add
 
 
+def _per_set(values: tuple, n: int, flag: str, default):
+    """A repeatable per-set option for ``n`` --test sets: absent (``default`` for all), once (for all) or n times
+    (in order)."""
+    if not values:
+        return [default] * n
+    if len(values) == 1:
+        return list(values) * n
+    if len(values) == n:
+        return list(values)
+    raise UserError(f"{flag} is given {len(values)} times for {n} --test sets",
+                    fix=f"give {flag} once (it then applies to every --test) or once per --test, in the same order")
+
+
 @cli.command(context_settings={"ignore_unknown_options": False})
 @click.argument("out", type=PATH)
 @click.option("--train-split", default="train", show_default=True, help="the build's split to train on")
-@_set_options("--test", "the real labelled test set", "test")
+@_set_options("--test", "the real labelled test set", "test", repeatable=True)
 @_set_options("--train-real", "a real labelled training set to mix in (needs --mix)", "train")
 @click.option("--mix", type=float, metavar="RATIO", help="fraction of real samples in every epoch, 0-1 (0: "
               "synthetic only, 1: real only)")
+@click.option("--sizes", metavar="N,N,...", help="scaling sweep: train on nested class-balanced subsets of the "
+              "build's split of these sizes, synthetic only: sample counts (1000,5000,20000) or, all <= 1, fractions "
+              "of the split (0.25,0.5,1); a size above the split is refused")
+@click.option("--synthetic-ratios", metavar="R,R,...", help="mix sweep, with --train-real: the whole real set plus "
+              "R x |real| synthetic images per run, every image once per epoch (0: real only, the baseline, always "
+              "run); reports the gain over real only. Unlike --mix (the real fraction of every epoch of one run)")
+@click.option("--seeds", metavar="S,S,...", help="repeat every run with each seed (subset choice and training); "
+              "sweeps report mean and std; replaces --seed")
 @click.option("--backbone", default="microsoft/resnet-18", show_default=True, help="a Hub id "
               "(microsoft/resnet-18, microsoft/resnet-50, google/vit-base-patch16-224), a save_pretrained folder, "
               "or ir50:CHECKPOINT (ir50 alone: random init)")
@@ -391,21 +426,122 @@ def evaluate(out: Path, test, test_split, test_image_column, test_label_column, 
              train_real, train_real_split, train_real_image_column, train_real_label_column, train_real_label_map,
              train_real_label_base, no_align: bool, no_flip: bool, **settings) -> int:
     """Train an expression classifier on a released build (synthetic only, or mixed with real images) and test
-    it on a real labelled set; results go to OUT/eval/ and the data card."""
+    it on a real labelled set; results go to OUT/eval/ and the data card. Sweeps: --sizes (scaling),
+    --synthetic-ratios (real + synthetic), --seeds (error bars) and several --test sets (a matrix) train once per
+    configuration and seed, test on every set, and write one OUT/eval/NAME.json (and a figure)."""
     from builder import api
 
-    test_set = api.LabelledSet(test, test_split, test_image_column, test_label_column, test_label_map,
-                               test_label_base)
+    n = len(test)
+    columns = zip(test, _per_set(test_split, n, "--test-split", None),
+                  _per_set(test_image_column, n, "--test-image-column", "image"),
+                  _per_set(test_label_column, n, "--test-label-column", "label"),
+                  _per_set(test_label_map, n, "--test-label-map", None),
+                  _per_set(test_label_base, n, "--test-label-base", 0))
+    test_sets = [api.LabelledSet(*c) for c in columns]
     real_set = None if train_real is None else api.LabelledSet(
         train_real, train_real_split, train_real_image_column, train_real_label_column, train_real_label_map,
         train_real_label_base)
-    result = api.evaluate(out, test_set, train_real=real_set, align=not no_align, flip=not no_flip,
+    result = api.evaluate(out, test_sets if n > 1 else test_sets[0], train_real=real_set, align=not no_align,
+                          flip=not no_flip,
                           command=("build-dataset", "evaluate", *click.get_current_context().meta["argv"]),
                           **settings)
+    if result.get("kind") == "fer-synth-evaluation-sweep":
+        for row in result["summary"]:
+            gain = f", gain over real only {row['gain']['mean']:+.4f}" if row.get("gain") else ""
+            click.echo(f"{row['point']} | {row['test']}: accuracy {row['accuracy']['mean']:.4f} "
+                       f"(std {row['accuracy']['std']:.4f}), macro accuracy {row['macro_accuracy']['mean']:.4f}"
+                       f"{gain}")
+        click.echo(f"-> {Path(out) / 'eval' / (result['name'] + '.json')}")
+        return 0
     m = result["metrics"]
     click.echo(f"{result['name']}: accuracy {m['accuracy']:.4f}, macro accuracy {m['macro_accuracy']:.4f}, macro "
                f"F1 {m['macro_f1']:.4f} over {len(m['evaluated_classes'])} classes ({m['samples_evaluated']} of "
                f"{m['samples_total']} test samples) -> {Path(out) / 'eval' / (result['name'] + '.json')}")
+    return 0
+
+
+@cli.command()
+@click.argument("out", type=PATH)
+@_set_options("--reference", "the real labelled set to compare with", "train")
+@click.option("--split", "splits", multiple=True, metavar="SPLIT", help="a split of the release to measure "
+              "(repeatable; default: every split)")
+@click.option("--encoder", default="openai/clip-vit-base-patch32", show_default=True, help="image encoder: a Hub id "
+              "(openai/clip-vit-base-patch32, facebook/dinov2-base, facebook/dinov2-large) or a save_pretrained "
+              "folder with its image processor; safetensors only")
+@click.option("--revision", help="Hub revision of the encoder (default: main)")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (a GPU when present), cpu, cuda, cuda:N")
+@click.option("--kid-subsets", type=int, default=100, show_default=True, help="KID: number of random subsets")
+@click.option("--kid-subset-size", type=int, default=1000, show_default=True, help="KID: samples per subset (at "
+              "most the smaller set or class)")
+@click.option("--min-class-samples", type=int, default=5, show_default=True, help="classes with fewer images on "
+              "either side get no per-class FD/KID (listed as too small)")
+@click.option("--diversity", type=click.Choice(["cosine", "l2"]), default="cosine", show_default=True,
+              help="within-class diversity: mean pairwise cosine distance or L2 distance of features")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of the KID subsets")
+@click.option("--no-progress", is_flag=True, help="no progress bars")
+@logging_options
+def fidelity(out: Path, reference, reference_split, reference_image_column, reference_label_column,
+             reference_label_map, reference_label_base, splits, no_progress: bool, **settings) -> int:
+    """Frechet distance and KID between a release's images and a real labelled set in an image encoder's feature
+    space (CLIP, DINOv2), overall and per class, plus within-class diversity; writes OUT/fidelity/."""
+    from builder import api
+    from evaluation.fidelity import summary
+
+    reference_set = api.LabelledSet(reference, reference_split, reference_image_column, reference_label_column,
+                                    reference_label_map, reference_label_base)
+    result = api.fidelity(out, reference_set, splits=tuple(splits), progress=not no_progress,
+                          command=("build-dataset", *click.get_current_context().meta.get("argv", ())),
+                          **settings)
+    click.echo(summary(result))
+    return 0
+
+
+@cli.command()
+@click.argument("out", type=PATH)
+@click.option("--classifier", "classifiers", multiple=True, required=True, metavar="[ATTRIBUTE=]MODEL",
+              help="an attribute classifier: a transformers image-classification model (Hub id or save_pretrained "
+              "folder, safetensors only) whose id2label defines the groups; ATTRIBUTE is the prompt axis it audits "
+              "(e.g. age=nateraw/vit-age-classifier; guessed from the labels when left out); repeatable")
+@click.option("--map", "maps", multiple=True, metavar="ATTRIBUTE:VALUE=LABEL[,LABEL...]",
+              help="which classifier labels count as a prompted value (e.g. age:young=10-19,20-29); repeatable; "
+              "values not given are matched by name (case, spaces and punctuation ignored; man/male, woman/female)")
+@click.option("--split", "splits", multiple=True, metavar="SPLIT", help="a split of the release to audit "
+              "(repeatable; default: every split)")
+@click.option("--whole-image", is_flag=True, help="classify whole images instead of aligned face crops")
+@click.option("--revision", help="Hub revision of the classifiers (default: main)")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (a GPU when present), cpu, cuda, cuda:N")
+@click.option("--no-progress", is_flag=True, help="no progress bars")
+@logging_options
+def audit(out: Path, classifiers, maps, splits, whole_image: bool, no_progress: bool, **settings) -> int:
+    """Demographic audit: attribute classifiers predict each released image's group (age, gender presentation,
+    skin tone..., as each model defines them), compared with the prompted attribute values: agreement and total
+    variation distance per attribute, overall, per split and per class; writes OUT/eval/audit.json and audit.png,
+    and refreshes OUT/report/ and the card."""
+    from builder import api
+    from evaluation.audit import summary
+
+    result = api.audit(out, list(classifiers), maps=list(maps), splits=tuple(splits), whole_image=whole_image,
+                       progress=not no_progress,
+                       command=("build-dataset", *click.get_current_context().meta.get("argv", ())), **settings)
+    click.echo(summary(result))
+    return 0
+
+
+@cli.command()
+@click.argument("out", type=PATH)
+@logging_options
+def report(out: Path) -> int:
+    """Gather the results in a build folder (OUT/eval/*.json, OUT/fidelity/fidelity.json, OUT/eval/audit.json)
+    into OUT/report/report.json and report.md, with headline figures, and show the headline in the card."""
+    from builder import api
+    from cards.evaluation_section import headline_lines
+
+    result = api.report(out)
+    lines = headline_lines(result["headline"]) or ["no results yet (run evaluate, fidelity or audit)"]
+    click.echo("\n".join(lines))
+    click.echo(f"report: {Path(out) / 'report' / 'report.md'}")
     return 0
 
 

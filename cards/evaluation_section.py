@@ -117,15 +117,69 @@ def results(out: Path) -> list[dict]:
     return found
 
 
-def evaluation_section(out) -> list[str]:
-    """Markdown lines for the data card: a table of every result in ``OUT/eval/*.json``, then each fragment.
+def headline_lines(headline: dict) -> list[str]:
+    """Bullet lines of a report's headline figures (``report.json``'s ``headline``; ``cards.report`` writes it)."""
+    lines = [f"- Best test accuracy on `{b['test_set']}`: {_pct(b['accuracy'])} (macro {_pct(b['macro_accuracy'])}; "
+             f"`{b['name']}`, {b['trained_on']})" for b in headline.get("best_test_accuracy") or ()]
+    if headline.get("results_guard_overridden"):
+        lines.append(f"- {headline['results_guard_overridden']} result(s) run with `--force` (guard overridden) are "
+                     "left out of the headline")
+    for sw in headline.get("sweeps") or ():
+        acc = sw["accuracy"]
+        if sw["sweep"] == "scaling":
+            first = sw["first"]["accuracy"]
+            lines.append(f"- Scaling (`{sw['name']}`) on `{sw['test']}`: {_pct(first['mean'])} at "
+                         f"{sw['first']['point']} to {_pct(acc['mean'])} ± {100 * acc['std']:.1f} at {sw['point']}")
+        else:
+            gain = sw["gain"] or {"mean": 0.0, "std": 0.0}
+            lines.append(f"- Real + synthetic (`{sw['name']}`) on `{sw['test']}`: best at {sw['point']}, "
+                         f"{_pct(acc['mean'])}, {100 * gain['mean']:+.1f} ± {100 * gain['std']:.1f} points over "
+                         "real only")
+    f = headline.get("fidelity")
+    if f:
+        kid = "n/a" if f.get("kid") is None else f"{f['kid']:.4g} ± {f['kid_std']:.2g}"
+        fd = "n/a" if f.get("fd") is None else f"{f['fd']:.4g}"
+        lines.append(f"- Fidelity against `{f['reference']}` in `{f['encoder']}` space: FD {fd}, KID {kid} "
+                     f"({f['release_images']} vs {f['reference_images']} images)")
+    for a in headline.get("audit") or ():
+        if a.get("agreement") is None:
+            lines.append(f"- Audit of {a['attribute']} (`{a['classifier']}`): predicted distribution only (no prompted "
+                         "value matches its labels)")
+        else:
+            lines.append(f"- Audit of {a['attribute']} (`{a['classifier']}`): agreement with the prompts "
+                         f"{_pct(a['agreement'])}, total variation distance asked vs predicted {a['tvd']:.3f}")
+    return lines
 
-    Starts with an HTML comment marker and "## Evaluation"; [] when the build has no evaluation.
+
+def report_headline(out) -> list[str]:
+    """The card's "Report headline" block from ``OUT/report/report.json``; [] without a (readable) report."""
+    path = Path(out) / "report" / "report.json"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError):
+        return []
+    if not isinstance(report, dict) or report.get("kind") != "fer-synth-report":
+        return []
+    lines = headline_lines(report.get("headline") or {})
+    if not lines:
+        return []
+    return ["### Report headline", "", "From the latest report ([report/report.md](report/report.md), "
+            "`build-dataset report`):", "", *lines]
+
+
+def evaluation_section(out) -> list[str]:
+    """Markdown lines for the data card: the latest report's headline (when ``OUT/report/report.json`` exists),
+    a table of every result in ``OUT/eval/*.json``, then each fragment.
+
+    Starts with an HTML comment marker and "## Evaluation"; [] when the build has neither evaluation nor report.
     """
     found = results(Path(out))
-    if not found:
+    head = report_headline(out)
+    if not found and not head:
         return []
-    lines = [BEGIN, "## Evaluation", "",
+    if not found:
+        return [BEGIN, "## Evaluation", "", *head, END]
+    lines = [BEGIN, "## Evaluation", "", *(head + [""] if head else []),
              "Classifiers trained on this dataset (`build-dataset evaluate`) and tested on real labelled images; "
              "metrics over the classes both sides share. Results, predictions and figures are in `eval/`.", "",
              "| result | backbone | mode | trained on | test set | accuracy | macro accuracy | macro F1 | guard |",

@@ -19,6 +19,12 @@ card section into ``OUT/eval/``. Modules, in the order the command uses them:
 - ``report``: the predictions file and the confusion figure (the card's section is
   ``cards.evaluation_section``, which reads the result JSON).
 
+``build-dataset fidelity`` (how far the release's images lie from a real set) reuses ``sources`` and ``labels``:
+
+- ``fidelity``: the settings (``Fidelity``) and the run, ``OUT/fidelity/fidelity.json`` and ``.md``;
+- ``encoders``: CLIP, DINOv2 or other transformers image encoders by Hub id or folder, safetensors only;
+- ``distances``: Frechet distance and KID (torchmetrics, on the encoder's features), mean pairwise distance.
+
 Importing this package (and ``evaluation.report``) loads no torch.
 """
 from __future__ import annotations

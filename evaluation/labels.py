@@ -21,8 +21,10 @@ from builder.manifest.label_maps import (
 )
 
 
-def canonical_names(names: Sequence[str], where: str) -> list[str]:
-    """Canonical emotions of ``names`` (a dataset's class names); UserError naming ``where`` for an unknown one."""
+def canonical_names(names: Sequence[str], where: str,
+                    label_map_flag: str = "--test-label-map / --train-real-label-map") -> list[str]:
+    """Canonical emotions of ``names`` (a dataset's class names); UserError naming ``where`` for an unknown one
+    (its fix names ``label_map_flag``, the option that gives a class order)."""
     out = []
     for name in names:
         canon = canonical_name(name)
@@ -30,7 +32,7 @@ def canonical_names(names: Sequence[str], where: str) -> list[str]:
             raise UserError(f"{where}: class '{name}' is not an emotion any label map knows",
                             fix=f"name the classes like one of the label maps ({', '.join(sorted(LABEL_MAPS))}: "
                             f"{', '.join(sorted(set(CANONICAL)))}), or give the class order with "
-                            "--test-label-map / --train-real-label-map")
+                            f"{label_map_flag}")
         out.append(canon)
     seen: dict[str, str] = {}
     for name, canon in zip(names, out):
@@ -101,9 +103,10 @@ class Alignment:
                 "missing_in_set": self.missing_in_set, "missing_in_model": self.missing_in_model}
 
 
-def align(model_names: Sequence[str], set_names: Sequence[str], where: str = "test set") -> Alignment:
+def align(model_names: Sequence[str], set_names: Sequence[str], where: str = "test set",
+          label_map_flag: str = "--test-label-map / --train-real-label-map") -> Alignment:
     """Map ``set_names`` onto ``model_names`` by canonical emotion (both checked: every name known, no repeats)."""
     model_canon = canonical_names(model_names, "the built dataset")
-    set_canon = canonical_names(set_names, where)
+    set_canon = canonical_names(set_names, where, label_map_flag)
     indices, _ = align_labels(model_canon, set_canon)  # the one mapping by canonical name, on the canonical names
     return Alignment(tuple(model_names), tuple(set_names), tuple(indices))

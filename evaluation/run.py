@@ -71,11 +71,24 @@ class Evaluation:
     name: str | None = None
     force: bool = False
     allow_overlap: bool = False
+    more_tests: tuple[LabelledSet, ...] = ()
+    sizes: tuple[float, ...] = ()
+    seeds: tuple[int, ...] = ()
+    synthetic_ratios: tuple[float, ...] = ()
     command: tuple[str, ...] = field(default=())
+
+    @property
+    def tests(self) -> tuple[LabelledSet, ...]:
+        return (self.test, *self.more_tests)
+
+    @property
+    def is_sweep(self) -> bool:
+        """A sweep (``evaluation.sweep``): sizes, synthetic ratios, several seeds or several test sets."""
+        return bool(self.sizes or self.synthetic_ratios or len(self.seeds) > 1 or self.more_tests)
 
     def check(self) -> None:
         """Refuse inconsistent settings (``UserError``), before anything is opened."""
-        if (self.train_real is None) != (self.mix is None):
+        if (self.train_real is None) != (self.mix is None) and not self.synthetic_ratios:
             raise UserError("--train-real and --mix go together" if self.train_real is None else
                             "--train-real needs --mix (the fraction of real samples per epoch)",
                             fix="give both --train-real PATH and --mix RATIO, or neither (synthetic only)")
@@ -90,15 +103,78 @@ class Evaluation:
         for flag, value in (("--lr", self.lr), ("--head-lr", self.head_lr if self.head_lr is not None else 1.0)):
             if not value > 0:
                 raise UserError(f"{flag} must be positive", fix=f"give {flag} > 0")
+        self._check_sweep()
         if self.name is not None and not NAME.match(self.name):
             raise UserError(f"--name '{self.name}' is not a plain file name",
                             fix="use letters, digits, '.', '_' and '-' (up to 100)")
+
+    def _check_sweep(self) -> None:
+        """Refuse inconsistent sweep settings (``--sizes``, ``--seeds``, ``--synthetic-ratios``)."""
+        if self.sizes and self.synthetic_ratios:
+            raise UserError("--sizes and --synthetic-ratios exclude each other",
+                            fix="--sizes: synthetic-only scaling; --synthetic-ratios: real plus synthetic (run twice)")
+        if self.sizes and self.train_real is not None:
+            raise UserError("--sizes trains on synthetic subsets only; it does not take --train-real / --mix",
+                            fix="drop --train-real and --mix, or use --train-real R --synthetic-ratios ...")
+        if self.synthetic_ratios and self.train_real is None:
+            raise UserError("--synthetic-ratios needs --train-real (the fixed real part the synthetic images are "
+                            "added to)", fix="give --train-real PATH, or use --sizes for synthetic-only scaling")
+        if self.synthetic_ratios and self.mix is not None:
+            raise UserError("--synthetic-ratios and --mix exclude each other (--mix: the fraction of real samples "
+                            "per epoch of one run; --synthetic-ratios: synthetic images added = ratio x |real|)",
+                            fix="drop --mix (with --synthetic-ratios, --train-real needs no --mix)")
+        for size in self.sizes:
+            if not size > 0:
+                raise UserError(f"--sizes: a size of {size:g} trains on nothing",
+                                fix="give sizes above 0: sample counts (1000,5000) or fractions of the split "
+                                "(0.25,0.5,1)")
+        if self.sizes and any(s <= 1 for s in self.sizes) and any(s > 1 for s in self.sizes):
+            raise UserError(f"--sizes {','.join(f'{s:g}' for s in self.sizes)} mixes fractions (<= 1) and sample "
+                            "counts", fix="give either counts (1000,5000,20000) or fractions (0.25,0.5,1)")
+        for size in self.sizes:
+            if size > 1 and size != int(size):
+                raise UserError(f"--sizes: {size:g} is neither a whole number of samples nor a fraction in (0, 1]",
+                                fix="give whole sample counts (1000,5000) or fractions (0.25,0.5,1)")
+        for ratio in self.synthetic_ratios:
+            if not ratio >= 0 or ratio != ratio or ratio == float("inf"):
+                raise UserError(f"--synthetic-ratios: {ratio:g} is negative or not finite",
+                                fix="give ratios >= 0 (synthetic images added = ratio x the real training set; "
+                                "0: real only)")
+        for flag, values in (("--sizes", self.sizes), ("--seeds", self.seeds),
+                             ("--synthetic-ratios", self.synthetic_ratios)):
+            if len(set(values)) < len(values):
+                raise UserError(f"{flag} repeats a value ({','.join(f'{v:g}' for v in values)})",
+                                fix=f"give each {flag[2:-1]} once")
 
     def default_name(self) -> str:
         backbone = "ir50" if self.backbone.startswith("ir50") else Path(self.backbone.rstrip("/")).name
         test = Path(str(self.test.path).rstrip("/")).name + (f"-{self.test.split}" if self.test.split else "")
         name = f"{backbone}-{self.mode}-{test}" + (f"-mix{self.mix:g}" if self.train_real is not None else "")
         return _slug(name)[:100]
+
+
+def numbers(value, flag: str, kind: type = float) -> tuple:
+    """``--sizes`` / ``--seeds`` / ``--synthetic-ratios``: '1000,5000' (or a sequence) as a tuple of ``kind``;
+    UserError naming ``flag`` for anything that is not a number (an integer for ``int``)."""
+    if value is None:
+        return ()
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+    out = []
+    for item in items:
+        try:
+            number = kind(item) if kind is float or not isinstance(item, str) else int(item, 10)
+            if kind is int and number != float(item):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise UserError(f"{flag} '{value if isinstance(value, str) else ','.join(map(str, items))}': "
+                            f"'{item}' is not {'an integer' if kind is int else 'a number'}",
+                            fix=f"give {flag} as numbers separated by commas, e.g. "
+                            + {"--sizes": "1000,5000,20000 or 0.25,0.5,1", "--seeds": "0,1,2"}.get(
+                                flag, "0,0.25,0.5,1")) from None
+        out.append(number)
+    if not out:
+        raise UserError(f"{flag} is empty", fix=f"give {flag} as numbers separated by commas")
+    return tuple(out)
 
 
 def _log(message: str) -> None:
@@ -114,6 +190,13 @@ def evaluate(args: Evaluation) -> dict:
     from evaluation.sources import SetSpec, build_split, open_build, open_set
 
     args.check()
+    if args.is_sweep:
+        raise UserError("this Evaluation is a sweep (sizes, synthetic ratios, several seeds or test sets)",
+                        fix="run it with evaluation.sweep.evaluate_sweep (builder.api.evaluate picks the right one)")
+    if args.seeds:  # one seed: a single run with it
+        from dataclasses import replace
+
+        args = replace(args, seed=args.seeds[0], seeds=())
     started = time.perf_counter()
     seconds = {}
     build = open_build(args.out)

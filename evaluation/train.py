@@ -75,8 +75,14 @@ def mix_counts(n_syn: int, n_real: int, ratio: float) -> tuple[int, int]:
     return n_syn, round(n_syn * ratio / (1 - ratio))
 
 
-def epoch_plan(n_syn: int, n_real: int, ratio: float, seed: int, epochs: int) -> list[list[tuple[int, int]]]:
-    """Per epoch, the shuffled (pool, index) pairs: pool 0 synthetic, 1 real."""
+def epoch_plan(n_syn: int, n_real: int, ratio: float | None, seed: int,
+               epochs: int) -> list[list[tuple[int, int]]]:
+    """Per epoch, the shuffled (pool, index) pairs: pool 0 synthetic, 1 real. ``ratio`` None: every sample of
+    both pools once per epoch (the union; ``--synthetic-ratios``)."""
+    if ratio is None:
+        union = [(0, i) for i in range(n_syn)] + [(1, i) for i in range(n_real)]
+        return [[union[j] for j in np.random.default_rng([seed, epoch]).permutation(len(union))]
+                for epoch in range(epochs)]
     syn, real = mix_counts(n_syn, n_real, ratio)
     plan, stream, turn = [], [], 0
     for epoch in range(epochs):
@@ -144,8 +150,8 @@ def features(backbone, pixels: np.ndarray, rows: np.ndarray, batch_size: int, de
     return torch.cat(out) if out else torch.zeros(0, backbone.dim)
 
 
-def fit(backbone, pools: list[Pool], classes: int, settings: Settings, ratio: float, log=print):
-    """Train; returns (Classifier on ``settings.device``, per-epoch history)."""
+def fit(backbone, pools: list[Pool], classes: int, settings: Settings, ratio: float | None, log=print):
+    """Train (``ratio``: see ``epoch_plan``); returns (Classifier on ``settings.device``, per-epoch history)."""
     device = settings.device
     if device.startswith("cuda"):
         torch.backends.cudnn.deterministic = True

@@ -9,7 +9,7 @@ EXTRAS = {
     "review": "the FiftyOne review (`build-dataset review`, `release` from FiftyOne tags)",
     "identity": "face identity embeddings: the identity-leak gate, `index-reference`, embedding dedupe, identities",
     "ray": "the Ray executor (`--executor ray`)",
-    "eval": "`build-dataset evaluate`",
+    "eval": "`build-dataset evaluate` and `build-dataset fidelity`",
 }
 
 
