@@ -119,16 +119,24 @@ def release_files(out: Path) -> dict[str, Path]:
 
 
 def _refuse_undeclared_licence(out: Path) -> None:
-    """A release of existing images (an images source) whose licence the manifest does not declare is not
-    published: the images are someone else's, and the Hub card would have to guess their terms."""
+    """A release of existing images (an images source), or of edits of real people's photos (an edit source),
+    whose licence the manifest does not declare is not published: the images are someone else's, and the Hub card
+    would have to guess their terms."""
     try:
-        source = json.loads((out / "stats.json").read_text(encoding="utf-8")).get("source")
+        stats = json.loads((out / "stats.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        source = None
+        stats = {}
+    source = stats.get("source") if isinstance(stats, dict) else None
     if isinstance(source, dict) and not source.get("license"):
         raise UserError("the release copies existing images whose licence the manifest does not declare",
                         file=str(out / "stats.json"), fix="set images.license in the manifest (an SPDX id such as "
                         "cc-by-4.0, or 'other' with the terms in the card), build again to release, then push")
+    edited = ((stats.get("edit") or {}).get("source") or {}) if isinstance(stats, dict) else {}
+    if edited and not edited.get("synthetic") and not edited.get("license"):
+        raise UserError("the release holds edits of real people's photos whose licence the manifest does not "
+                        "declare", file=str(out / "stats.json"), fix="set edit.license in the manifest (the source "
+                        "photos' licence: an SPDX id, or 'other' with the terms in the card), build again to "
+                        "release, then push")
 
 
 def _refuse_outside(path: Path, root: Path, out: Path) -> None:

@@ -79,6 +79,13 @@ class EditSource(ImageCollection):
                                "(its caption, or empty).")
     negative_prompt: str = Field(default="", description="The edit's negative prompt (classifier-free guidance).")
     inject: Injection = Field(default_factory=Injection, description="Source self-attention injection.")
+    region: Literal["image", "face"] = Field(default="image", description="What an edit may change: 'image' (all of "
+                                             "it) or 'face' (the source's face box found by MTCNN, grown by "
+                                             "region_margin; outside it the edit keeps the source branch's latents "
+                                             "at every step). A source without a face is then dropped as "
+                                             "'no_face_in_source'.")
+    region_margin: float = Field(default=0.2, ge=0, le=2, description="With region 'face': how much the face box "
+                                 "grows on every side, as a fraction of its size.")
     identity: IdentityCheck = Field(description="Identity check of each edit against its source.")
 
     @model_validator(mode="after")

@@ -9,7 +9,9 @@ steps, the AU adapter and LoRAs of the generator section when configured). Every
 source image, the target's prompt and AUs and the settings, so reruns give the same images.
 
 Drop reasons (each record of the source gets them): ``missing_image``, ``link_outside_folder``, ``corrupt_image``,
-``unreadable_image``, as the ingest stage; ``nonfinite_output`` for an edit whose decoded pixels are not finite.
+``unreadable_image``, as the ingest stage; ``no_face_in_source`` with ``edit.region: face`` when MTCNN finds no face
+in the source (the edit region is its face box, grown by ``region_margin``); ``nonfinite_output`` for an edit whose
+decoded pixels are not finite.
 A failure to write is a run failure (``StorageError``), never a drop.
 """
 from __future__ import annotations
@@ -21,6 +23,9 @@ from builder.core.images import CorruptImage, to_rgb8
 from builder.core.listed_images import OutsideFolder, read_entry, row_image, undecoded
 from builder.core.records import Drop, Record
 from builder.core.stage import Column, Resources, ShardContext, Stage, device_resources
+
+REGION_MIN_SCORE = 0.9
+"""MTCNN score a source's face needs to define the edit region (``edit.region: face``)."""
 
 
 def fit(image, width: int, height: int):
@@ -60,6 +65,7 @@ class EditStage(Stage):
         self.adapter = self.adapter_provenance = None
         self.lora_provenance = None
         self.dataset = None
+        self.detector = None
 
     @property
     def resources(self) -> Resources:
@@ -82,6 +88,11 @@ class EditStage(Stage):
 
             self.adapter, self.adapter_provenance = attach_au_adapter(self.pipe, self.generator.au_adapter,
                                                                       self.au_names)
+        if self.spec.region == "face":
+            from builder.models.diffusion import resolve_device
+            from curation.faces.detect import load_detector
+
+            self.detector = load_detector(resolve_device(self.generator.device))
         if self.generator.guidance is not None:
             from builder.synthesis.guidance import load_guide
 
@@ -140,11 +151,20 @@ class EditStage(Stage):
                     record.drop = drop
                 yield from group
                 continue
+            mask = None
+            if self.spec.region == "face":
+                mask = self._face_mask(source)
+                if mask is None:
+                    for record in group:
+                        record.drop = Drop(self.name, "no_face_in_source", "edit.region is 'face' and MTCNN finds no "
+                                           "face in the source")
+                    yield from group
+                    continue
             stored = self._store(ctx, f"sources/{group[0].sample_id.rsplit('-', 1)[0]}.png", source)
             size = max(1, self.generator.batch_size)
             for start in range(0, len(group), size):
                 batch = group[start:start + size]
-                for record, pixels in zip(batch, self._edit(source, batch)):
+                for record, pixels in zip(batch, self._edit(source, batch, mask)):
                     record.attributes["source_image"] = stored
                     if not np.isfinite(pixels).all():
                         record.drop = Drop(self.name, "nonfinite_output", "decoded image has NaN or inf pixels")
@@ -153,7 +173,17 @@ class EditStage(Stage):
                         record.image = self._store(ctx, f"images/{record.sample_id}.png", image)
                     yield record
 
-    def _edit(self, source, batch: list[Record]) -> list:
+    def _face_mask(self, source):
+        """The edit region of ``source``: its primary face's box grown by ``region_margin``, or None."""
+        import numpy as np
+
+        from builder.synthesis.editing import region_mask
+        from curation.faces.detect import primary
+
+        found = primary([d for d in self.detector.detect(np.asarray(source)) if d.score >= REGION_MIN_SCORE])
+        return None if found is None else region_mask(source.width, source.height, found.box, self.spec.region_margin)
+
+    def _edit(self, source, batch: list[Record], mask=None) -> list:
         import torch
 
         from builder.synthesis.editing import EditGuidance, edit
@@ -166,7 +196,8 @@ class EditStage(Stage):
         with torch.no_grad():
             return edit(self.pipe, source, self.spec.source_prompt, [r.prompt for r in batch], self.settings(),
                         negative_prompt=self.spec.negative_prompt, adapter=self.adapter,
-                        aus=[r.au for r in batch] if self.adapter is not None else None, guidance=guidance)
+                        aus=[r.au for r in batch] if self.adapter is not None else None, guidance=guidance,
+                        mask=mask)
 
     def _timesteps(self) -> list[int]:
         from builder.synthesis.editing import inversion_timesteps

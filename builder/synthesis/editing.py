@@ -142,15 +142,40 @@ class EditGuidance:
     decoder: object = None
 
 
+def region_mask(width: int, height: int, box, margin: float = 0.2):
+    """A (height, width) float mask in {0, 1}: 1 inside ``box`` (x1, y1, x2, y2) grown by ``margin`` of its size on
+    every side, clipped to the image."""
+    import numpy as np
+
+    x1, y1, x2, y2 = box
+    dx, dy = (x2 - x1) * margin, (y2 - y1) * margin
+    mask = np.zeros((height, width), np.float32)
+    mask[max(0, int(y1 - dy)):min(height, int(np.ceil(y2 + dy))), max(0, int(x1 - dx)):min(width, int(np.ceil(x2 + dx)))] = 1
+    return mask
+
+
+def _latent_mask(mask, latents):
+    """An image-resolution mask -> the latents' resolution (1 where any covered pixel is 1), shaped to broadcast."""
+    import torch
+    import torch.nn.functional as F
+
+    m = torch.as_tensor(mask, dtype=torch.float32)[None, None]
+    m = F.adaptive_max_pool2d(m, latents.shape[-2:])
+    return m.to(latents.device, latents.dtype)
+
+
 def edit(pipe, image, source_prompt: str, target_prompts: list[str], settings: EditSettings = EditSettings(),
-         negative_prompt: str = "", adapter=None, aus=None, guidance: EditGuidance | None = None) -> list:
+         negative_prompt: str = "", adapter=None, aus=None, guidance: EditGuidance | None = None,
+         mask=None) -> list:
     """The source ``image`` (PIL RGB, the pipeline's resolution) with the expression of each of ``target_prompts``:
     float arrays (H, W, 3) in [0, 1], in order (NaN where the decode overflowed). The source is inverted once and
     its branch runs beside all the edits in one batch. With an AU ``adapter`` (attached to the UNet), ``aus`` (one
     AU vector per target) condition the edits; the source branch and the unconditional rows get all-zero AUs.
     With ``guidance``, denoising steps ``start <= i < end`` (counted over the edit's own steps) move each guided
     edit's text conditioning down the gradient of the guide's cross-entropy for its target on the predicted clean
-    image (normalised step of size ``scale``), as generation's semantic guidance does."""
+    image (normalised step of size ``scale``), as generation's semantic guidance does. With ``mask`` (an
+    image-resolution array, 1 where the edit may change: ``region_mask``), after every step the edits' latents
+    outside it are replaced by the source branch's (blended latent editing), so only that region changes."""
     import torch
 
     if settings.strength == 0:
@@ -168,6 +193,7 @@ def edit(pipe, image, source_prompt: str, target_prompts: list[str], settings: E
         cond = adapter.condition(cond, au)
         uncond = adapter.condition(uncond, torch.zeros_like(au)) if guided else None
     latents = start.repeat(count, 1, 1, 1)
+    keep = None if mask is None else _latent_mask(mask, latents)
     injection, original = _install(pipe, settings.inject_layers, count)
     try:
         for i, t in enumerate(timesteps):
@@ -178,6 +204,8 @@ def edit(pipe, image, source_prompt: str, target_prompts: list[str], settings: E
                 with torch.no_grad():
                     eps = _noise(pipe, latents, t, cond, uncond, settings.guidance_scale)
             latents = pipe.scheduler.step(eps, t, latents, eta=0.0).prev_sample
+            if keep is not None:
+                latents = torch.cat([latents[:1], keep * latents[1:] + (1 - keep) * latents[:1]])
     finally:
         pipe.unet.set_attn_processor(original)
     with torch.no_grad():

@@ -502,6 +502,21 @@ def test_a_release_of_existing_images_without_a_declared_licence_is_not_pushed(h
     assert code == 0 and hub.commits, output
 
 
+def test_edits_of_real_photos_without_a_declared_licence_are_not_pushed(hub, release, capfd):
+    """An edit source of real people's photos declares their licence before its edits are published; synthetic
+    sources need none."""
+    stats = json.loads((release / "stats.json").read_text())
+    real = {"source": {"synthetic": False, "consent": "signed forms", "license": None}}
+    (release / "stats.json").write_text(json.dumps({**stats, "edit": real}))
+    code, output = push(release, capfd)
+    assert code == 2 and "edits of real people's photos whose licence the manifest does not declare" in output
+    assert "fix: set edit.license in the manifest" in output and hub.requests == [] and hub.commits == []
+    synthetic = {"source": {"synthetic": True, "consent": None, "license": None}}
+    (release / "stats.json").write_text(json.dumps({**stats, "edit": synthetic}))
+    code, output = push(release, capfd)
+    assert code == 0 and hub.commits, output
+
+
 def test_offline_push_stops_before_any_request_and_before_asking_for_a_token(hub, release, capfd, monkeypatch):
     import huggingface_hub.constants as hf_constants
 

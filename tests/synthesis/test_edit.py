@@ -157,3 +157,25 @@ def test_a_guided_edit_build_records_its_guide(faces, tmp_path):
     assert guide["classifier"] == "mini-xception-fer2013" and guide["end_step"] == 2  # round(8 * 0.25) steps
     assert "`mini-xception-fer2013`" in (tmp_path / "out" / "README.md").read_text()
     assert any("is also the only labeller" in m for m in messages), messages
+
+
+def test_region_face_edits_inside_the_face_box_and_drops_faceless_sources(faces, tmp_path):
+    """edit.region: face: a source without a face is dropped as no_face_in_source (counted); one with a face is
+    edited (what the mask keeps is shown on latents in test_editing.py)."""
+    from PIL import Image
+
+    from builder import api
+
+    two = tmp_path / "two"
+    two.mkdir()
+    shutil.copy(faces / "portrait.png", two / "portrait.png")
+    Image.new("RGB", (128, 128), (120, 110, 100)).save(two / "wall.png")
+    path = manifest(tmp_path, two, strength=0.5, targets=["happy", "anger"], region="face")
+    api.build(path, tmp_path / "out", progress=False, log=lambda *a: None, allow_empty=True)
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["stages"]["edit"]["dropped"] == {"no_face_in_source": 2}
+    edits = {p.name: np.asarray(Image.open(p), int) for p in (tmp_path / "out" / "shards" / "edit").rglob("*.png")
+             if "sources" not in p.parts}
+    assert sorted(edits) == ["edit-demo-0000000-anger.png", "edit-demo-0000000-happy.png"]
+    happy, anger = edits["edit-demo-0000000-happy.png"], edits["edit-demo-0000000-anger.png"]
+    assert not np.array_equal(happy, anger)

@@ -105,3 +105,21 @@ def test_semantic_guidance_moves_the_guided_edits_only(pipe):
     assert np.array_equal(guided[0], again[0]), "deterministic"
     assert np.abs(guided[0] - plain[0]).max() > 1e-3, "the guided edit moved"
     assert np.abs(guided[1] - plain[1]).max() < 1e-5, "the unguided edit stays"
+
+
+def test_a_region_mask_keeps_everything_outside_it_from_the_source_branch(pipe):
+    """Mask 0 everywhere: every edit is the source branch's reconstruction, whatever its prompt; the region mask
+    is the face box grown by the margin, clipped to the image."""
+    from builder.example_faces import example_faces
+    from builder.synthesis.editing import region_mask
+
+    image = example_faces()["portrait"].resize((64, 64))
+    settings = EditSettings(steps=6, strength=0.5, inject_steps=1, guidance_scale=3.0)
+    happy, sad = edit(pipe, image, "a face", ["a happy face", "a sad face"], settings, mask=np.zeros((64, 64)))
+    assert np.array_equal(happy, sad), "nothing may change: both edits are the source branch"
+    free = edit(pipe, image, "a face", ["a happy face", "a sad face"], settings, mask=np.ones((64, 64)))
+    plain = edit(pipe, image, "a face", ["a happy face", "a sad face"], settings)
+    assert np.abs(free[0] - plain[0]).max() < 1e-5, "a mask of ones is no mask"
+    mask = region_mask(64, 64, (20, 10, 40, 50), margin=0.25)
+    assert mask.sum() == (45 - 15) * (60 - 0) and mask[0, 15] == 1 and mask[0, 14] == 0
+    assert mask[59, 44] == 1 and mask[60, 44] == 0 and mask[59, 45] == 0
