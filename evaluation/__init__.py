@@ -17,13 +17,20 @@ card section into ``OUT/eval/``. Modules, in the order the command uses them:
 - ``train``: seeded fine-tuning or linear probing, the real/synthetic mix per epoch;
 - ``metrics``: accuracy, macro accuracy, per-class F1, confusion (also from saved predictions);
 - ``report``: the predictions file and the confusion figure (the card's section is
-  ``cards.evaluation_section``, which reads the result JSON).
+  ``cards.evaluation_section``, which reads the result JSON);
+- ``sweep``: scaling over nested class-balanced subsets, real + synthetic ratios, several test sets and seeds,
+  one combined JSON and figure.
 
 ``build-dataset fidelity`` (how far the release's images lie from a real set) reuses ``sources`` and ``labels``:
 
 - ``fidelity``: the settings (``Fidelity``) and the run, ``OUT/fidelity/fidelity.json`` and ``.md``;
 - ``encoders``: CLIP, DINOv2 or other transformers image encoders by Hub id or folder, safetensors only;
 - ``distances``: Frechet distance and KID (torchmetrics, on the encoder's features), mean pairwise distance.
+
+``build-dataset audit`` (what attribute classifiers see, against what the manifest prompted): ``audit`` (the run,
+the mapping of prompted values to groups, agreement and total variation distance) and ``attribute_classifier``
+(image-classification models by Hub id or folder). ``build-dataset report`` lives in ``cards.report``: it reads
+these JSON files only.
 
 Importing this package (and ``evaluation.report``) loads no torch.
 """
