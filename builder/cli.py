@@ -478,6 +478,8 @@ def evaluate(out: Path, test, test_split, test_image_column, test_label_column, 
               "either side get no per-class FD/KID (listed as too small)")
 @click.option("--diversity", type=click.Choice(["cosine", "l2"]), default="cosine", show_default=True,
               help="within-class diversity: mean pairwise cosine distance or L2 distance of features")
+@click.option("--faces", type=click.Choice(["whole", "crop"]), default="whole", show_default=True,
+              help="encode whole images, or face crops aligned as `evaluate` aligns them (both sides)")
 @click.option("--seed", type=int, default=0, show_default=True, help="seed of the KID subsets")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
 @logging_options

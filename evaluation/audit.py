@@ -338,28 +338,11 @@ def audit(args: Audit, log=_log) -> dict:
     return result
 
 
-def _images(args: Audit, build, imageset, cropper):
-    """(PIL image or None when unreadable, how it was made) for each sample of ``imageset``."""
-    from PIL import Image
-
-    if args.faces == "crop":
-        crops = cropper.crops(imageset)
-        for i in range(len(imageset)):
-            status = crops.status[i]
-            yield (None if status == "unreadable" else Image.fromarray(crops.pixels[i])), status
-        return
-    for i in range(len(imageset)):
-        try:
-            yield imageset.load(i), "whole"
-        except Exception:  # a broken image is counted and left out, never a crash
-            yield None, "unreadable"
-
-
 def _predict(args: Audit, build, sets: list, plans: list[Plan], device: str, log):
     """per split: per attribute a list of (label index or None, probability or None); and the face statuses."""
     from tqdm.auto import tqdm
 
-    from evaluation.faces import Cropper, CropSpec
+    from evaluation.faces import Cropper, CropSpec, face_images
 
     cropper = None
     if args.faces == "crop":
@@ -384,7 +367,7 @@ def _predict(args: Audit, build, sets: list, plans: list[Plan], device: str, log
                 batch.clear()
                 where.clear()
 
-            for i, (image, how) in enumerate(_images(args, build, imageset, cropper)):
+            for i, (image, how) in enumerate(face_images(imageset, cropper)):
                 status.append(how)
                 for p in plans:
                     out[p.attribute].append((None, None))

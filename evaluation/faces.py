@@ -137,6 +137,24 @@ class Cropper:
         return align(image, landmarks, spec.size, spec.margin), how
 
 
+def face_images(imageset, cropper: Cropper | None):
+    """(PIL image or None when unreadable, how it was made) for each sample of ``imageset``: its aligned face crop
+    with a ``cropper`` (``Crops.status``: landmarks, detected, no_face, not_aligned), else the whole image."""
+    from PIL import Image
+
+    if cropper is not None:
+        crops = cropper.crops(imageset)
+        for i in range(len(imageset)):
+            status = crops.status[i]
+            yield (None if status == "unreadable" else Image.fromarray(np.asarray(crops.pixels[i]))), status
+        return
+    for i in range(len(imageset)):
+        try:
+            yield imageset.load(i), "whole"
+        except Exception:  # a broken image is counted and left out, never a crash
+            yield None, "unreadable"
+
+
 def _centre(chw) -> np.ndarray:
     """(3, S, S) float [0, 1] -> (S, S, 3) uint8."""
     return (chw.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype(np.uint8)

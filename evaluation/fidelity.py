@@ -48,6 +48,7 @@ class Fidelity:
     kid_subset_size: int = 1000
     min_class_samples: int = 5
     diversity: str = "cosine"
+    faces: str = "whole"
     seed: int = 0
     progress: bool = True
     command: tuple[str, ...] = field(default=())
@@ -58,6 +59,8 @@ class Fidelity:
                                  ("--min-class-samples", self.min_class_samples, 2)):
             if value < low:
                 raise UserError(f"{flag} {value} is below {low}", fix=f"give {flag} >= {low}")
+        if self.faces not in ("whole", "crop"):
+            raise UserError(f"--faces '{self.faces}' is neither whole nor crop", fix="use whole or crop")
         if self.diversity not in DIVERSITY_METRICS:
             raise UserError(f"--diversity '{self.diversity}' is neither cosine nor l2", fix="use cosine or l2")
 
@@ -102,11 +105,16 @@ def fidelity(args: Fidelity, log=_log) -> dict:
     device = resolve_device(args.device)
     encoder = load_encoder(args.encoder, args.revision, device, log)
     seconds["encoder"] = time.perf_counter() - tick
+    cropper = None
+    if args.faces == "crop":  # both sides aligned like `evaluate` crops them (cached in OUT/eval/cache)
+        from evaluation.faces import Cropper, CropSpec
+
+        cropper = Cropper(CropSpec.for_build(build.manifest, align=True), build.out / "eval" / "cache", device, log)
     tick = time.perf_counter()
-    syn = _encode(encoder, release, names, args, "release")
+    syn = _encode(encoder, release, names, args, "release", cropper)
     seconds["features_release"] = time.perf_counter() - tick
     tick = time.perf_counter()
-    real = _encode(encoder, [reference], reference.names, args, "reference")
+    real = _encode(encoder, [reference], reference.names, args, "reference", cropper)
     seconds["features_reference"] = time.perf_counter() - tick
     for side, enc, where in (("release", syn, str(build.out)), ("reference", real, str(ref.path))):
         if len(enc.labels) < 2:
@@ -152,27 +160,31 @@ def _align(release_names, reference_names):
     return align(release_names, reference_names, "--reference", "--reference-label-map")
 
 
-def _encode(encoder, sets: list, names: tuple[str, ...], args: Fidelity, what: str) -> Encoded:
-    """Every image of ``sets`` through the encoder, in batches; unreadable images are counted and left out."""
+def _encode(encoder, sets: list, names: tuple[str, ...], args: Fidelity, what: str, cropper=None) -> Encoded:
+    """Every image of ``sets`` (whole, or its face crop with a ``cropper``) through the encoder, in batches;
+    unreadable images are counted and left out."""
     import torch
     from tqdm.auto import tqdm
 
-    items = [(imageset, i) for imageset in sets for i in range(len(imageset))]
-    chunks, labels, unreadable = [], [], 0
-    with tqdm(total=len(items), unit="img", desc=f"encode {what}", disable=not args.progress, file=sys.stderr,
-              dynamic_ncols=True) as bar:
-        for start in range(0, len(items), args.batch_size):
-            images = []
-            for imageset, i in items[start:start + args.batch_size]:
-                try:
-                    images.append(imageset.load(i))
-                except Exception:  # a broken image is counted and left out, never a crash
-                    unreadable += 1
-                    continue
-                labels.append(imageset.labels[i])
-            if images:
+    from evaluation.faces import face_images
+
+    items = ((imageset, i, image) for imageset in sets
+             for i, (image, _) in enumerate(face_images(imageset, cropper)))
+    chunks, labels, unreadable, images = [], [], 0, []
+    with tqdm(total=sum(len(s) for s in sets), unit="img", desc=f"encode {what}", disable=not args.progress,
+              file=sys.stderr, dynamic_ncols=True) as bar:
+        for imageset, i, image in items:
+            bar.update(1)
+            if image is None:
+                unreadable += 1
+                continue
+            images.append(image)
+            labels.append(imageset.labels[i])
+            if len(images) == args.batch_size:
                 chunks.append(encoder.encode(images))
-            bar.update(len(items[start:start + args.batch_size]))
+                images = []
+        if images:
+            chunks.append(encoder.encode(images))
     features = torch.cat(chunks) if chunks else torch.zeros(0, encoder.dim)
     return Encoded(features, labels, tuple(names), unreadable)
 
@@ -261,7 +273,9 @@ def _result(args, build, release, reference, alignment, encoder, syn, real, over
         "settings": {"kid_subsets": args.kid_subsets, "kid_subset_size": args.kid_subset_size,
                      "kid_kernel": "(x.y / dim + 1)^3", "min_class_samples": args.min_class_samples,
                      "diversity": args.diversity, "seed": args.seed, "batch_size": args.batch_size,
-                     "preprocessing": "the encoder's image processor on whole images (no face alignment)"},
+                     "preprocessing": ("the encoder's image processor on aligned face crops (as `evaluate` crops them)"
+                                       if args.faces == "crop" else
+                                       "the encoder's image processor on whole images (no face alignment)")},
         "overall": overall,
         "per_class": per_class,
         "classes_too_small": [r["class"] for r in per_class if r["status"] == "too_small"],

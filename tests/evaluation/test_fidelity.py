@@ -228,6 +228,22 @@ def test_small_classes_are_named_and_a_saved_dataset_reads_too(built, real_sets,
     assert result["reference"]["classes"]["fear"] == 7  # RAF-DB order, every class listed
 
 
+def test_face_crops_on_both_sides_are_encoded_instead_of_whole_images(measured, built, real_sets,  # noqa: F811
+                                                                      encoders):
+    """--faces crop: every image of both sides goes in as its aligned face crop (as `evaluate` crops it), so the
+    features and the distances change; the counts stay."""
+    whole, _ = measured
+    from builder import api
+
+    crops = api.fidelity(built, api.LabelledSet(real_sets["fer"]), encoder=str(encoders["clip"]), faces="crop",
+                         kid_subsets=20, progress=False)
+    assert "aligned face crops" in crops["settings"]["preprocessing"]
+    assert "whole images" in whole["settings"]["preprocessing"]
+    assert (crops["release"]["images"], crops["reference"]["images"]) == (42, 28)
+    assert crops["overall"]["fd"] != pytest.approx(whole["overall"]["fd"])
+    assert list((built / "eval" / "cache").glob("crops-*.npy")), "the crops are cached like evaluate's"
+
+
 def test_weights_that_leave_the_encoder_partly_random_are_refused(encoders, tmp_path):
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
