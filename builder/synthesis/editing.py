@@ -33,46 +33,24 @@ def inversion_timesteps(pipe, steps: int, strength: float) -> list[int]:
     return timesteps[len(timesteps) - count:] if count else []
 
 
-def encode(pipe, image):
-    """A PIL RGB image -> its latents (posterior mean times the VAE's scaling factor), on the pipeline's device."""
+def encode_image(pipe, image):
+    """A PIL RGB image -> its latents (``builder.models.latents.encode``: the posterior mean, scaled)."""
     import numpy as np
     import torch
 
-    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    from builder.models.latents import encode
+
+    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), np.float32) / 255).permute(2, 0, 1)[None]
     with torch.no_grad():
-        posterior = pipe.vae.encode(pixels.to(pipe.vae.device, pipe.vae.dtype)).latent_dist
-    return posterior.mean * pipe.vae.config.scaling_factor
+        return encode(pipe, pixels)
 
 
 def _embed(pipe, prompts: list[str]):
+    """Text-encoder embeddings of ``prompts`` (the pipeline's own ``encode_prompt``, no guidance)."""
     import torch
 
-    ids = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt").input_ids.to(pipe.text_encoder.device)
     with torch.no_grad():
-        return pipe.text_encoder(ids)[0]
-
-
-def _alpha(pipe, t: int):
-    scheduler = pipe.scheduler
-    return scheduler.alphas_cumprod[t] if t >= 0 else scheduler.final_alpha_cumprod
-
-
-def invert(pipe, latents, prompt: str, timesteps: list[int]):
-    """DDIM inversion of ``latents`` with ``prompt`` (no guidance) up to the first (largest) of ``timesteps``."""
-    import torch
-
-    cond = _embed(pipe, [prompt])
-    ratio = pipe.scheduler.config.num_train_timesteps // pipe.scheduler.num_inference_steps
-    x = latents
-    for t in reversed(timesteps):  # ascending: from the clean latents towards noise
-        previous = t - ratio
-        with torch.no_grad():
-            eps = pipe.unet(x, t, encoder_hidden_states=cond).sample
-        alpha_prev, alpha_t = _alpha(pipe, previous), _alpha(pipe, t)
-        x0 = (x - (1 - alpha_prev) ** 0.5 * eps) / alpha_prev ** 0.5
-        x = alpha_t ** 0.5 * x0 + (1 - alpha_t) ** 0.5 * eps
-    return x
+        return pipe.encode_prompt(prompts, pipe.unet.device, 1, False)[0]
 
 
 class _Injection:
@@ -182,8 +160,11 @@ def edit(pipe, image, source_prompt: str, target_prompts: list[str], settings: E
         import numpy as np
 
         return [np.asarray(image.convert("RGB"), np.float32) / 255 for _ in target_prompts]
+    from builder.models.latents import ddim_invert_along
+    from builder.synthesis.guidance import two_pass_noise
+
     timesteps = inversion_timesteps(pipe, settings.steps, settings.strength)
-    start = invert(pipe, encode(pipe, image), source_prompt, timesteps)
+    start = ddim_invert_along(pipe, encode_image(pipe, image), timesteps, _embed(pipe, [source_prompt]))
     count = len(target_prompts) + 1
     guided = settings.guidance_scale > 1
     cond = _embed(pipe, [source_prompt, *target_prompts])
@@ -202,7 +183,7 @@ def edit(pipe, image, source_prompt: str, target_prompts: list[str], settings: E
                 cond, eps = _guided_step(pipe, latents, t, i, cond, uncond, settings.guidance_scale, guidance)
             else:
                 with torch.no_grad():
-                    eps = _noise(pipe, latents, t, cond, uncond, settings.guidance_scale)
+                    eps = two_pass_noise(pipe, latents, t, cond, uncond, settings.guidance_scale)
             latents = pipe.scheduler.step(eps, t, latents, eta=0.0).prev_sample
             if keep is not None:
                 latents = torch.cat([latents[:1], keep * latents[1:] + (1 - keep) * latents[:1]])
@@ -213,34 +194,21 @@ def edit(pipe, image, source_prompt: str, target_prompts: list[str], settings: E
     return list((decoded.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy())
 
 
-def _noise(pipe, latents, t, cond, uncond, scale: float):
-    """The guided noise prediction of the batch; the unconditional and conditional halves run as separate passes
-    (the mutual attention maps rows inside each half, so the result is the same as one batch of both)."""
-    import torch
-
-    eps = pipe.unet(latents, t, encoder_hidden_states=cond.to(latents.dtype)).sample
-    if uncond is None:
-        return eps
-    with torch.no_grad():
-        eps_uncond = pipe.unet(latents, t, encoder_hidden_states=uncond.to(latents.dtype)).sample
-    return eps_uncond + scale * (eps - eps_uncond)
-
-
 def _guided_step(pipe, latents, t, index: int, cond, uncond, scale: float, guidance: EditGuidance):
     """One guided step: (the moved conditioning, the noise prediction of this step)."""
     import torch
     import torch.nn.functional as F
 
-    from builder.synthesis.guidance import decode, predict_x0
+    from builder.synthesis.guidance import decode, predict_x0, two_pass_noise
 
     mask = torch.tensor([False] + [g is not None for g in guidance.targets], device=latents.device)
     if not bool(mask.any()):
         with torch.no_grad():
-            return cond, _noise(pipe, latents, t, cond, uncond, scale)
+            return cond, two_pass_noise(pipe, latents, t, cond, uncond, scale)
     target = torch.tensor([0] + [g if g is not None else 0 for g in guidance.targets], device=latents.device)
     with torch.enable_grad():
         variable = cond.detach().requires_grad_(True)
-        eps = _noise(pipe, latents, t, variable, uncond, scale)
+        eps = two_pass_noise(pipe, latents, t, variable, uncond, scale)
         image = decode(pipe, predict_x0(pipe.scheduler, latents[1:], eps[1:], t, index), guidance.decoder)
         losses = F.cross_entropy(guidance.guide.logits(image.float()).float(), target[1:], reduction="none")
         (grad,) = torch.autograd.grad((losses * mask[1:]).sum(), variable)

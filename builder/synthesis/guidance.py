@@ -48,7 +48,7 @@ def _noise(pipe, latents, t, cond, uncond, cfg_scale: float) -> torch.Tensor:
     return eps_u + cfg_scale * (eps_c - eps_u)
 
 
-def _noise_for_text_gradient(pipe, latents, t, cond, uncond, cfg_scale: float) -> torch.Tensor:
+def two_pass_noise(pipe, latents, t, cond, uncond, cfg_scale: float) -> torch.Tensor:
     """``_noise`` when only the text conditioning is differentiated: the unconditional half does not depend on
     it, so it runs without a graph and the backward pass covers half the batch (same result up to rounding)."""
     if uncond is None:
@@ -92,7 +92,7 @@ def guided_sample(pipe, cond: torch.Tensor, uncond: torch.Tensor | None, generat
                 variable = (cond if wrt == "text" else latents).detach().requires_grad_(True)
                 c, x = (variable, latents) if wrt == "text" else (cond, variable)
                 if wrt == "text":
-                    eps = _noise_for_text_gradient(pipe, x, t, c, uncond, cfg_scale)
+                    eps = two_pass_noise(pipe, x, t, c, uncond, cfg_scale)
                 else:
                     eps = _noise(pipe, x, t, c, uncond, cfg_scale)
                 image = decode(pipe, predict_x0(scheduler, x, eps, t, i), decoder)

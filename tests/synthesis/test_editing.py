@@ -12,9 +12,8 @@ from builder.synthesis.editing import (
     MutualSelfAttention,
     _Injection,
     edit,
-    encode,
+    encode_image,
     inversion_timesteps,
-    invert,
 )
 
 
@@ -55,13 +54,15 @@ def test_inversion_then_denoising_returns_close_to_the_latents(pipe):
     from builder.example_faces import example_faces
 
     image = example_faces()["portrait"].resize((64, 64))
-    latents = encode(pipe, image)
+    from builder.models.latents import ddim_invert_along
+
+    latents = encode_image(pipe, image)
     errors = {}
     for steps in (5, 50):
         timesteps = inversion_timesteps(pipe, steps, 0.5)
-        x = invert(pipe, latents, "a face", timesteps)
         cond = pipe.text_encoder(pipe.tokenizer(["a face"], padding="max_length", max_length=77,
                                                 return_tensors="pt").input_ids)[0]
+        x = ddim_invert_along(pipe, latents, timesteps, cond)
         for t in timesteps:
             with torch.no_grad():
                 x = pipe.scheduler.step(pipe.unet(x, t, encoder_hidden_states=cond).sample, t, x).prev_sample

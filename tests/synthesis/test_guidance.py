@@ -141,7 +141,7 @@ def test_guidance_window_is_validated():
 def test_text_gradient_skips_the_unconditional_branch(pipe, guide):
     """With wrt=text only the conditional half of the CFG batch is differentiated: the same noise estimate and
     the same gradient as differentiating the whole batch."""
-    from builder.synthesis.guidance import _noise, _noise_for_text_gradient
+    from builder.synthesis.guidance import _noise, two_pass_noise
 
     with torch.no_grad():
         cond, uncond = pipe.encode_prompt(["a happy face"] * 2, "cpu", 1, True, negative_prompt=[""] * 2)
@@ -149,7 +149,7 @@ def test_text_gradient_skips_the_unconditional_branch(pipe, guide):
     t = pipe.scheduler.timesteps[3]
     latents = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(0))
     grads, values = [], []
-    for fn in (_noise, _noise_for_text_gradient):
+    for fn in (_noise, two_pass_noise):
         c = cond.clone().requires_grad_(True)
         eps = fn(pipe, latents, t, c, uncond, 5.0)
         (grad,) = torch.autograd.grad(eps.square().sum(), c)
